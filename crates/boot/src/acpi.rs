@@ -1,0 +1,1 @@
+//! ACPI tables (written by the ACPI module owner).

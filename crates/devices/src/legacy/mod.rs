@@ -1,0 +1,1 @@
+//! PC platform devices a Linux guest expects at their classic addresses.

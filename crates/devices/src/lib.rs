@@ -1,0 +1,15 @@
+//! Devices of a vireo VM.
+//!
+//! * [`bus`]: the port-I/O and MMIO buses that vCPU exits are dispatched on.
+//! * [`power`]: how devices ask the VMM to power the VM off or reset it.
+//! * [`legacy`]: the PC platform devices a Linux guest expects (UART, i8042, CMOS RTC,
+//!   debug port, ACPI power-management registers).
+//!
+//! Virtio devices will live in `virtio` beside `legacy`.
+
+pub mod bus;
+pub mod legacy;
+pub mod power;
+
+pub use bus::{Bus, BusDevice, BusError};
+pub use power::{PowerEvents, PowerRequest};

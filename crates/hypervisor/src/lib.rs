@@ -1,0 +1,1 @@
+//! KVM VM and vCPU state.

@@ -1,0 +1,1 @@
+//! The vireo VMM library.

@@ -1,0 +1,1 @@
+//! Path of the built test guest.
