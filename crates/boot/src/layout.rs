@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! 0x0000_0000  real-mode IVT/BDA (RAM, left alone)
+//! 0x0000_0500  boot GDT and IDT
 //! 0x0000_6000  PVH hvm_start_info, then its memory map and module list
 //! 0x0000_7000  Linux zero page (struct boot_params)
 //! 0x0000_8000  boot stack top (64-bit bzImage entry)
@@ -18,6 +19,9 @@
 //! 0x1_0000_0000 RAM above 4 GiB (the part of guest RAM that did not fit below the hole)
 //! ```
 
+/// Boot GDT and an empty IDT, loaded by the VMM before the first instruction.
+pub const BOOT_GDT_START: u64 = 0x500;
+pub const BOOT_IDT_START: u64 = 0x520;
 /// Start of the PVH `hvm_start_info` structure.
 pub const PVH_INFO_START: u64 = 0x6000;
 /// Size reserved for start_info, memory map and module list together.

@@ -5,3 +5,6 @@
 
 pub mod acpi;
 pub mod layout;
+pub mod loader;
+
+pub use loader::{BootEntry, BootError, KernelFormat, KernelInfo};

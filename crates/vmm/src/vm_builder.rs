@@ -1,0 +1,145 @@
+//! Builds a running VM from a [`VmConfig`]: guest memory, KVM VM, kernel and boot data,
+//! ACPI tables, platform devices and vCPUs, in that order.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use kvm_ioctls::Kvm;
+use vireo_boot::acpi::{create_acpi_tables, AcpiConfig};
+use vireo_boot::layout::{self, irqs, ports};
+use vireo_boot::loader::{self, KernelInfo};
+use vireo_devices::legacy::acpi_pm::AcpiPmDevice;
+use vireo_devices::legacy::cmos::Cmos;
+use vireo_devices::legacy::ged::GedDevice;
+use vireo_devices::legacy::i8042::I8042Device;
+use vireo_devices::legacy::post_code::PostCode;
+use vireo_devices::legacy::serial::SerialDevice;
+use vireo_devices::{Bus, PowerEvents};
+use vireo_hypervisor::memory::create_guest_memory;
+use vireo_hypervisor::{GuestMemoryMmap, Vcpu, Vm};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::console::ConsoleOutput;
+use crate::vcpu_thread::{self, VcpuShared};
+use crate::{VmConfig, VmmError};
+
+/// Devices that outlive a guest reset, as their real counterparts do: the CMOS keeps its
+/// battery-backed NVRAM and clock offset, the console its output stream, the boot timer its
+/// start time.
+pub struct Platform {
+    pub console: ConsoleOutput,
+    pub cmos: Arc<Mutex<Cmos>>,
+    pub post_code: Arc<Mutex<PostCode>>,
+    pub power: Arc<PowerEvents>,
+}
+
+impl Platform {
+    pub fn new(config: &VmConfig, start: Instant) -> Result<Self, VmmError> {
+        Ok(Self {
+            console: ConsoleOutput::open(&config.console).map_err(VmmError::Console)?,
+            cmos: Arc::new(Mutex::new(Cmos::new(config.memory))),
+            post_code: Arc::new(Mutex::new(PostCode::new(start))),
+            power: Arc::new(PowerEvents::new().map_err(VmmError::Io)?),
+        })
+    }
+}
+
+/// A built VM whose vCPUs are running.
+pub struct RunningVm {
+    // Field order matters for drop: vCPU threads are joined by the VMM before this is
+    // dropped; the VM's memory slots go before the memory they point into.
+    pub vm: Vm,
+    pub memory: GuestMemoryMmap,
+    pub shared: Arc<VcpuShared>,
+    pub threads: Vec<JoinHandle<()>>,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub ged: Arc<Mutex<GedDevice>>,
+}
+
+/// Builds the VM for one boot and starts its vCPUs.
+pub fn build(
+    kvm: &Kvm,
+    config: &VmConfig,
+    kernel: &KernelInfo,
+    platform: &Platform,
+) -> Result<RunningVm, VmmError> {
+    let memory = create_guest_memory(config.memory)?;
+    let vm = Vm::new(kvm)?;
+    vm.register_memory(&memory)?;
+
+    // Kernel, initrd, ACPI, then the boot information that points at all of them.
+    let loaded = loader::load_kernel(&memory, kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(loader::load_initrd(&memory, &loaded, path)?),
+        None => None,
+    };
+    let rsdp = create_acpi_tables(
+        &memory,
+        &AcpiConfig {
+            num_cpus: config.cpus,
+        },
+    )
+    .map_err(|e| VmmError::Acpi(e.to_string()))?;
+    let entry = loader::write_boot_info(&memory, &loaded, &config.cmdline, initrd, Some(rsdp.0))?;
+
+    // Platform devices.
+    let mut io_bus = Bus::new();
+    let mut mmio_bus = Bus::new();
+    let serial = SerialDevice::new(Box::new(platform.console.clone())).map_err(VmmError::Io)?;
+    vm.register_irqfd(serial.irq_evt(), irqs::SERIAL_COM1)?;
+    let serial = Arc::new(Mutex::new(serial));
+    let i8042 = Arc::new(Mutex::new(I8042Device::new(platform.power.clone())));
+    let acpi_pm = Arc::new(Mutex::new(AcpiPmDevice::new(platform.power.clone())));
+    let ged = GedDevice::new().map_err(VmmError::Io)?;
+    vm.register_irqfd(ged.irq_evt(), irqs::ACPI_GED)?;
+    let ged = Arc::new(Mutex::new(ged));
+    let port = u64::from;
+    let inserts: [(Arc<Mutex<dyn vireo_devices::BusDevice>>, u64, u64); 6] = [
+        (serial.clone(), port(ports::SERIAL_COM1), 8),
+        (i8042.clone(), port(ports::I8042_DATA), 1),
+        (i8042, port(ports::I8042_COMMAND), 1),
+        (platform.cmos.clone(), port(ports::CMOS), 2),
+        (platform.post_code.clone(), port(ports::POST_CODE), 1),
+        (acpi_pm, port(ports::ACPI_SLEEP_CONTROL), 3),
+    ];
+    for (dev, base, len) in inserts {
+        io_bus
+            .insert(dev, base, len)
+            .map_err(|e| VmmError::Device(e.to_string()))?;
+    }
+    mmio_bus
+        .insert(ged.clone(), layout::ACPI_GED_MMIO_START, layout::ACPI_GED_MMIO_SIZE)
+        .map_err(|e| VmmError::Device(e.to_string()))?;
+
+    // vCPUs: all created and configured before any runs, so that the boot vCPU can start
+    // the others.
+    let mut vcpus = Vec::with_capacity(config.cpus as usize);
+    for index in 0..config.cpus {
+        let vcpu = Vcpu::new(vm.fd(), index)?;
+        let boot = (index == 0).then_some(entry);
+        vcpu.configure(kvm, &memory, config.cpu_template, config.cpus, boot)?;
+        vcpus.push(vcpu);
+    }
+    let shared = Arc::new(VcpuShared {
+        io_bus,
+        mmio_bus,
+        power: platform.power.clone(),
+        stop: AtomicBool::new(false),
+        failure: Mutex::new(None),
+        failed: EventFd::new(EFD_NONBLOCK).map_err(VmmError::Io)?,
+    });
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        threads.push(vcpu_thread::spawn(vcpu, shared.clone()).map_err(VmmError::Io)?);
+    }
+    Ok(RunningVm {
+        vm,
+        memory,
+        shared,
+        threads,
+        serial,
+        ged,
+    })
+}
