@@ -1,1 +1,17 @@
 //! PC platform devices a Linux guest expects at their classic addresses.
+//!
+//! | device | where (see `vireo_boot::layout`) | what for |
+//! | --- | --- | --- |
+//! | [`SerialDevice`] | ports 0x3f8..0x3ff, GSI 4 | COM1 console |
+//! | [`I8042Device`] | ports 0x60 and 0x64 (inserted twice) | reset via command 0xfe |
+//! | [`Cmos`] | ports 0x70..0x71 | RTC wall clock and NVRAM |
+//! | [`PostCode`] | port 0x80 | boot progress, boot-complete marker |
+//! | [`AcpiPmDevice`] | ports 0x600..0x602 | ACPI sleep control (poweroff) and reset registers |
+//! | [`GedDevice`] | MMIO `ACPI_GED_MMIO_START`, GSI 9 | ACPI power button events |
+//!
+//! Every device's guest-visible state can be taken with `state()` as a plain serde
+//! structure and put back (`restore()` or `from_state()`), for snapshots and migration.
+
+pub mod serial;
+
+pub use serial::{EventFdTrigger, SerialDevice, SerialDeviceState};
