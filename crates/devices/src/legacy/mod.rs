@@ -12,6 +12,10 @@
 //! Every device's guest-visible state can be taken with `state()` as a plain serde
 //! structure and put back (`restore()` or `from_state()`), for snapshots and migration.
 
+pub mod acpi_pm;
+pub mod ged;
 pub mod serial;
 
+pub use acpi_pm::{AcpiPmDevice, AcpiPmState};
+pub use ged::{GedDevice, GedState};
 pub use serial::{EventFdTrigger, SerialDevice, SerialDeviceState};
