@@ -14,8 +14,10 @@
 
 pub mod acpi_pm;
 pub mod ged;
+pub mod i8042;
 pub mod serial;
 
 pub use acpi_pm::{AcpiPmDevice, AcpiPmState};
 pub use ged::{GedDevice, GedState};
+pub use i8042::{I8042Device, I8042State};
 pub use serial::{EventFdTrigger, SerialDevice, SerialDeviceState};
