@@ -15,9 +15,11 @@
 pub mod acpi_pm;
 pub mod ged;
 pub mod i8042;
+pub mod post_code;
 pub mod serial;
 
 pub use acpi_pm::{AcpiPmDevice, AcpiPmState};
 pub use ged::{GedDevice, GedState};
 pub use i8042::{I8042Device, I8042State};
+pub use post_code::{PostCode, PostCodeState, BOOT_COMPLETE_MARKER};
 pub use serial::{EventFdTrigger, SerialDevice, SerialDeviceState};
