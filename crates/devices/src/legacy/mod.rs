@@ -13,12 +13,14 @@
 //! structure and put back (`restore()` or `from_state()`), for snapshots and migration.
 
 pub mod acpi_pm;
+pub mod cmos;
 pub mod ged;
 pub mod i8042;
 pub mod post_code;
 pub mod serial;
 
 pub use acpi_pm::{AcpiPmDevice, AcpiPmState};
+pub use cmos::{Cmos, CmosState};
 pub use ged::{GedDevice, GedState};
 pub use i8042::{I8042Device, I8042State};
 pub use post_code::{PostCode, PostCodeState, BOOT_COMPLETE_MARKER};
