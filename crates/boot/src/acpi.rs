@@ -8,6 +8,9 @@
 //!
 //! Everything is written at [`layout::ACPI_START`], RSDP first (Linux scans the BIOS area
 //! 0xe0000..0x100000 for it when it is not handed the address by the boot protocol).
+//!
+//! The tests check the tables with ACPICA's `iasl -d` (Debian package `acpica-tools`);
+//! without `iasl` that test is skipped, so CI must `apt-get install -y acpica-tools`.
 
 use acpi_tables::aml::{
     self, Device, EISAName, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If,
