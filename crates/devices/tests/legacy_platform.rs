@@ -126,3 +126,42 @@ fn cmos_counts_boots_in_nvram_and_post_marker() {
     assert!(p.post.lock().unwrap().boot_marker().is_some());
     assert_eq!(inb(&p.pio, ports::POST_CODE), BOOT_COMPLETE_MARKER);
 }
+
+/// Hostile-guest smoke test: a long pseudo-random mix of reads and writes of every width
+/// on every legacy port and the GED must never panic.
+#[test]
+fn random_accesses_never_panic() {
+    let p = platform();
+    let ports: Vec<u64> = (0x3f8..0x400)
+        .chain([0x60, 0x64, 0x70, 0x71, 0x80, 0x600, 0x601, 0x602])
+        .collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..200_000 {
+        let r = next();
+        let len = [1usize, 1, 1, 2, 4][(r % 5) as usize];
+        let mut buf = (r >> 8).to_le_bytes();
+        let data = &mut buf[..len];
+        if r & (1 << 40) != 0 {
+            let addr = layout::ACPI_GED_MMIO_START + (r >> 41) % layout::ACPI_GED_MMIO_SIZE;
+            if r & (1 << 39) != 0 {
+                p.mmio.write(addr, data);
+            } else {
+                p.mmio.read(addr, data);
+            }
+        } else {
+            let port = ports[((r >> 41) % ports.len() as u64) as usize];
+            if r & (1 << 39) != 0 {
+                p.pio.write(port, data);
+            } else {
+                p.pio.read(port, data);
+            }
+        }
+    }
+}

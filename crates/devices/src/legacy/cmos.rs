@@ -337,7 +337,7 @@ impl Cmos {
                     REG_HOURS => t.hour = self.decode_hour(v),
                     REG_DAY_OF_MONTH => t.day = self.decode(v),
                     REG_MONTH => t.month = self.decode(v),
-                    REG_YEAR => t.year = t.year / 100 * 100 + u16::from(self.decode(v)),
+                    REG_YEAR => t.year = (t.year / 100 * 100).saturating_add(self.decode(v).into()),
                     _ => t.year = u16::from(self.decode(v)) * 100 + t.year % 100,
                 }
                 if self.staged.is_some() {

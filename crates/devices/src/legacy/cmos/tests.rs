@@ -265,8 +265,13 @@ fn state_round_trips_and_bad_states_are_tamed() {
     });
     for r in 0..0x80u8 {
         get(&mut d, r);
+        if r != REG_B {
+            set(&mut d, r, 0x99);
+        }
     }
+    let offset = d.state().time_offset_secs;
     set(&mut d, REG_B, 0); // commit of the bogus staged time is refused
+    assert_eq!(d.state().time_offset_secs, offset);
     d.restore(CmosState {
         time_offset_secs: i64::MAX,
         staged: None,
