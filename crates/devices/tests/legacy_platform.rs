@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use vireo_boot::layout::{self, ports};
 use vireo_devices::legacy::{
-    AcpiPmDevice, Cmos, GedDevice, I8042Device, PostCode, SerialDevice, BOOT_COMPLETE_MARKER,
+    AcpiPmDevice, Cmos, GedDevice, I8042Device, PostCode, SerialDevice, ACPI_PM_PORTS_LEN,
+    BOOT_COMPLETE_MARKER, CMOS_PORTS_LEN, SERIAL_PORTS_LEN,
 };
 use vireo_devices::{Bus, PowerEvents, PowerRequest};
 
@@ -23,18 +24,21 @@ fn platform() -> Platform {
     let power = Arc::new(PowerEvents::new().unwrap());
     let mut pio = Bus::new();
     let serial = Arc::new(Mutex::new(SerialDevice::new(Box::new(io::sink())).unwrap()));
-    pio.insert(serial, ports::SERIAL_COM1.into(), 8).unwrap();
+    pio.insert(serial, ports::SERIAL_COM1.into(), SERIAL_PORTS_LEN)
+        .unwrap();
     let i8042 = Arc::new(Mutex::new(I8042Device::new(power.clone())));
     pio.insert(i8042.clone(), ports::I8042_DATA.into(), 1)
         .unwrap();
     pio.insert(i8042, ports::I8042_COMMAND.into(), 1).unwrap();
     let cmos = Arc::new(Mutex::new(Cmos::new(1 << 30)));
-    pio.insert(cmos, ports::CMOS.into(), 2).unwrap();
+    pio.insert(cmos, ports::CMOS.into(), CMOS_PORTS_LEN)
+        .unwrap();
     let post = Arc::new(Mutex::new(PostCode::new(Instant::now())));
     pio.insert(post.clone(), ports::POST_CODE.into(), 1)
         .unwrap();
     let pm = Arc::new(Mutex::new(AcpiPmDevice::new(power.clone())));
-    pio.insert(pm, ports::ACPI_SLEEP_CONTROL.into(), 3).unwrap();
+    pio.insert(pm, ports::ACPI_SLEEP_CONTROL.into(), ACPI_PM_PORTS_LEN)
+        .unwrap();
     let mut mmio = Bus::new();
     let ged = Arc::new(Mutex::new(GedDevice::new().unwrap()));
     mmio.insert(

@@ -18,6 +18,8 @@ use vireo_boot::layout;
 
 use crate::BusDevice;
 
+/// Length of the port range the device decodes (index and data).
+pub const CMOS_PORTS_LEN: u64 = 2;
 /// Bytes of CMOS (clock registers included).
 pub const CMOS_SIZE: usize = 128;
 

@@ -19,9 +19,11 @@ pub mod i8042;
 pub mod post_code;
 pub mod serial;
 
-pub use acpi_pm::{AcpiPmDevice, AcpiPmState};
-pub use cmos::{Cmos, CmosState};
-pub use ged::{GedDevice, GedState};
+pub use acpi_pm::{AcpiPmDevice, AcpiPmState, ACPI_PM_PORTS_LEN};
+pub use cmos::{Cmos, CmosState, RtcTime, CMOS_PORTS_LEN};
+pub use ged::{GedDevice, GedState, GED_EVENT_POWER_BUTTON};
 pub use i8042::{I8042Device, I8042State};
 pub use post_code::{PostCode, PostCodeState, BOOT_COMPLETE_MARKER};
-pub use serial::{EventFdTrigger, SerialDevice, SerialDeviceState};
+pub use serial::{
+    ConsoleOutput, EventFdTrigger, SerialDevice, SerialDeviceState, SERIAL_PORTS_LEN,
+};
