@@ -293,7 +293,7 @@ static int streq(const char *a, const char *b) { return slen(a) == slen(b) && !m
 /* ------------------------------------------------------------------ */
 /* TSC calibration with PIT channel 2                                  */
 /* ------------------------------------------------------------------ */
-static u64 tsc_hz;
+static u64 tsc_hz = 2000000000; /* until calibrated */
 
 static void calibrate_tsc(void)
 {
@@ -513,6 +513,8 @@ static void parse_madt(u8 *m, u32 len)
     }
 }
 
+static int acpi_tried;
+
 static void check_acpi(void)
 {
     u8 *rsdp = 0;
@@ -523,6 +525,7 @@ static void check_acpi(void)
     u32 n, esz;
 
     tables[0] = 0;
+    acpi_tried = 1;
     if (si->rsdp_paddr) {
         rsdp = (u8 *)si->rsdp_paddr;
         if (memcmp(rsdp, "RSD PTR ", 8)) {
@@ -1022,6 +1025,9 @@ NORETURN void vtg_exception(u64 vec, u64 err, u64 rip, u64 cr2)
         for (;;)
             sys(SYS_HALT_IRQ_OFF);
     }
+    /* poweroff/reset need the FADT: discover ACPI if not done yet */
+    if (!acpi_tried && si && si->magic == 0x336ec578)
+        check_acpi();
     print_result();
     run_action();
 }
@@ -1105,6 +1111,14 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
     if (cmdline_get("vtg.quick", quickv, sizeof(quickv)) && streq(quickv, "1"))
         quick = 1;
     check_end();
+
+    /* vtg.fault=ud2|pf: raise an exception at CPL3 to test the reporting path */
+    if (cmdline_get("vtg.fault", quickv, sizeof(quickv))) {
+        if (streq(quickv, "ud2"))
+            __asm__ volatile("ud2");
+        else if (streq(quickv, "pf"))
+            (void)*(volatile u64 *)0x8000000000UL; /* PML4[1]: not mapped */
+    }
 
     calibrate_tsc();
 
