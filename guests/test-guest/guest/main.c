@@ -251,13 +251,13 @@ static void check_end(void)
 /* ------------------------------------------------------------------ */
 static u8 cmos_read(u8 reg)
 {
-    outb(0x70, reg | 0x80); /* bit 7: keep NMI disabled */
+    outb(0x70, reg); /* plain index: not every VMM masks the NMI bit */
     return inb(0x71);
 }
 
 static void cmos_write(u8 reg, u8 v)
 {
-    outb(0x70, reg | 0x80);
+    outb(0x70, reg);
     outb(0x71, v);
 }
 
@@ -306,19 +306,42 @@ static void calibrate_tsc(void)
     outb(0x42, 11932 >> 8);
     outb(0x61, (u8)((p61 & ~0x02) | 0x01)); /* gate on */
     t0 = rdtsc();
-    while (!(inb(0x61) & 0x20) && spins < 50000000)
-        spins++;
-    t1 = rdtsc();
+    /* Bounded by iterations and by 200M TSC cycles (10 ms needs <= 50M
+     * even at 5 GHz), so a missing port 0x61 costs little. */
+    do {
+        t1 = rdtsc();
+        if (inb(0x61) & 0x20)
+            break;
+    } while (++spins < 10000000 && t1 - t0 < 200000000);
     outb(0x61, p61 & (u8)~0x03);
-    if (spins < 50000000 && t1 - t0 > 100000) {
+    /* t1 - t0 > 100000: a dummy port 0x61 reading all ones is no clock */
+    if (spins < 10000000 && t1 - t0 < 200000000 && t1 - t0 > 100000) {
         tsc_hz = (t1 - t0) * 100;
         return;
     }
-    /* Fallback: CPUID 0x16 base frequency (MHz), else assume 2 GHz. */
+    /* Fallbacks: hypervisor timing leaf 0x40000010 (kHz), CPUID 0x15,
+     * CPUID 0x16 base frequency (MHz), else assume 2 GHz. */
     {
-        u32 a, b, c, d;
-        cpuid(0, 0, &a, &b, &c, &d);
-        if (a >= 0x16) {
+        u32 a, b, c, d, max;
+        cpuid(0x40000000, 0, &a, &b, &c, &d);
+        if (a >= 0x40000010 && a < 0x40000100) {
+            cpuid(0x40000010, 0, &a, &b, &c, &d);
+            if (a) {
+                tsc_hz = (u64)a * 1000;
+                pr("vtg: note tsc calibration via PIT failed, cpuid 0x40000010 says %u kHz\n", (u64)a);
+                return;
+            }
+        }
+        cpuid(0, 0, &max, &b, &c, &d);
+        if (max >= 0x15) {
+            cpuid(0x15, 0, &a, &b, &c, &d);
+            if (a && b && c) {
+                tsc_hz = (u64)c * b / a;
+                pr("vtg: note tsc calibration via PIT failed, cpuid 0x15 says %u Hz\n", tsc_hz);
+                return;
+            }
+        }
+        if (max >= 0x16) {
             cpuid(0x16, 0, &a, &b, &c, &d);
             if (a) {
                 tsc_hz = (u64)a * 1000000;
@@ -845,8 +868,12 @@ static void check_timer(void)
     t = vtg_ticks;
     outb(0x21, 0xff);
     pr("vtg: timer ticks=%u\n", t);
-    if (t == 0)
+    if (t == 0) {
+        /* The VMM promises LINT0 = ExtINT (virtual wire); show it. */
+        pr("vtg: timer lapic svr=%x lint0=%x\n", (u64)mmio_read32(lapic_base + 0xf0),
+           (u64)mmio_read32(lapic_base + 0x350));
         fail("timer", "no PIT interrupt within 5 s");
+    }
     else if (t < 10)
         fail("timer", "fewer than 10 PIT interrupts within 5 s");
 }
