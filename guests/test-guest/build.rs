@@ -19,7 +19,6 @@ const CFLAGS: &[&str] = &[
     "-mno-red-zone",
     "-mgeneral-regs-only",
     "-mcmodel=small",
-    "--param=min-pagesize=0",
     "-fno-stack-protector",
     "-fno-asynchronous-unwind-tables",
     "-fno-delete-null-pointer-checks",

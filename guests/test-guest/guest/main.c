@@ -537,6 +537,7 @@ static void parse_madt(u8 *m, u32 len)
 }
 
 static int acpi_tried;
+static int rsdp_scan; /* vtg.rsdp-scan=1: ignore rsdp_paddr, scan like rsdp_paddr=0 */
 
 static void check_acpi(void)
 {
@@ -549,14 +550,17 @@ static void check_acpi(void)
 
     tables[0] = 0;
     acpi_tried = 1;
-    if (si->rsdp_paddr) {
+    if (si->rsdp_paddr && !rsdp_scan) {
         rsdp = (u8 *)si->rsdp_paddr;
         if (memcmp(rsdp, "RSD PTR ", 8)) {
             fail("acpi", "start_info rsdp_paddr does not point at an RSDP");
             return;
         }
     } else {
-        u64 ebda = (u64)(*(volatile u16 *)0x40e) << 4;
+        u64 bda = 0x40e; /* BDA word: EBDA segment */
+        u64 ebda;
+        __asm__("" : "+r"(bda)); /* hide the constant low address from gcc's bounds warnings */
+        ebda = (u64)(*(volatile u16 *)bda) << 4;
         if (ebda >= 0x80000 && ebda < 0xa0000)
             rsdp = find_rsdp_in(ebda, ebda + 1024);
         if (!rsdp)
@@ -1139,6 +1143,9 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
         quick = 1;
     check_end();
 
+    if (cmdline_get("vtg.rsdp-scan", quickv, sizeof(quickv)) && streq(quickv, "1"))
+        rsdp_scan = 1;
+
     /* vtg.fault=ud2|pf: raise an exception at CPL3 to test the reporting path */
     if (cmdline_get("vtg.fault", quickv, sizeof(quickv))) {
         if (streq(quickv, "ud2"))
@@ -1186,6 +1193,9 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
             pr("vtg: ram_probe ok regions=%u\n", (u64)regions);
         check_end();
     }
+
+    if (quick)
+        pr("vtg: quick=1: skipping ram_probe, smp, timer\n");
 
     /* 4. cmdline */
     check_begin();

@@ -190,7 +190,7 @@ fn qemu_triple_fault_resets() {
     // With -no-reboot, a triple fault (reset) makes QEMU exit.
     let Some(run) = boot(
         &["-M", "pc", "-smp", "1", "-m", "16M", "-no-reboot"],
-        "vtg.action=triple-fault vtg.quick=1",
+        "vtg.action=triple-fault vtg.quick=1 vtg.rsdp-scan=1",
         TIMEOUT,
     ) else {
         return;
@@ -199,6 +199,7 @@ fn qemu_triple_fault_resets() {
     println!("{text}");
     assert!(run.status.is_some(), "QEMU did not exit after triple fault");
     assert!(text.contains("vtg: action triple-fault\n"));
+    assert!(text.contains("vtg: acpi rsdp=ok"), "RSDP scan failed");
     assert!(!text.contains("vtg: FAIL"));
     assert_eq!(text.matches("vtg: boot").count(), 1);
 }
