@@ -226,7 +226,7 @@ fn qemu_hw_reduced_acpi_poweroff() {
     // SLEEP_CONTROL_REG poweroff path.
     let Some(run) = boot(
         &["-M", "microvm", "-smp", "2", "-m", "32M", "-no-reboot"],
-        "vtg.quick=1",
+        "vtg.quick=1 vtg.rsdp-scan=1",
         TIMEOUT,
     ) else {
         return;
