@@ -1154,6 +1154,9 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
             (void)*(volatile u64 *)0x8000000000UL; /* PML4[1]: not mapped */
     }
 
+    if (!pgmode_1g)
+        pr("vtg: note paging=2m (no 1 GiB pages in CPUID)\n");
+
     calibrate_tsc();
 
     /* 3. e820 */

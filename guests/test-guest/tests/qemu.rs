@@ -240,3 +240,32 @@ fn qemu_hw_reduced_acpi_poweroff() {
     assert_eq!(run.field("vtg: acpi ", "hw_reduced=").as_deref(), Some("1"));
     assert!(text.contains("vtg: result PASS"));
 }
+
+#[test]
+fn qemu_2m_pages_and_ram_above_4g() {
+    // No 1 GiB pages: the CPL0 fallback builds 2 MiB pages; RAM above
+    // 4 GiB is probed through the window page directory.
+    let Some(run) = boot(
+        &[
+            "-M",
+            "pc",
+            "-cpu",
+            "max,pdpe1gb=off",
+            "-smp",
+            "1",
+            "-m",
+            "5G",
+            "-no-reboot",
+        ],
+        "vtg.action=poweroff",
+        TIMEOUT,
+    ) else {
+        return;
+    };
+    let text = run.text();
+    println!("{text}");
+    assert!(run.status.is_some(), "QEMU did not power off");
+    assert!(text.contains("vtg: note paging=2m"));
+    assert!(text.contains("vtg: ram_probe ok regions=3\n"));
+    assert!(text.contains("vtg: result PASS"));
+}
