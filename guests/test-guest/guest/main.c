@@ -550,7 +550,7 @@ static void check_acpi(void)
 
     tables[0] = 0;
     acpi_tried = 1;
-    if (si->rsdp_paddr && !rsdp_scan) {
+    if (!rsdp_scan && si->rsdp_paddr) {
         rsdp = (u8 *)si->rsdp_paddr;
         if (memcmp(rsdp, "RSD PTR ", 8)) {
             fail("acpi", "start_info rsdp_paddr does not point at an RSDP");
@@ -1130,8 +1130,11 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
     if (!si || si->magic != 0x336ec578) {
         pr("vtg: start_info magic=bad (%x)\n", si ? (u64)si->magic : 0);
         fail("start_info", "bad hvm_start_info magic");
+        /* no cmdline: default action (poweroff) with ACPI found by scanning */
+        rsdp_scan = 1;
+        check_acpi();
         print_result();
-        halt_forever();
+        run_action();
     }
     pr("vtg: start_info magic=ok version=%u memmap_entries=%u cmdline=%x rsdp=%x\n", (u64)si->version,
        (u64)(si->version >= 1 ? si->memmap_entries : 0), si->cmdline_paddr, si->rsdp_paddr);
@@ -1165,6 +1168,11 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
         u64 total = 0;
         memmap = (struct e820 *)si->memmap_paddr;
         memmap_n = si->memmap_entries;
+        if (memmap_n > 128) {
+            pr("vtg: e820 memmap_entries=%u, only the first 128 are used\n", (u64)memmap_n);
+            fail("e820", "more than 128 memmap entries");
+            memmap_n = 128;
+        }
         for (u32 i = 0; i < memmap_n; i++) {
             pr("vtg: e820 %x %x %u\n", memmap[i].addr, memmap[i].size, (u64)memmap[i].type);
             if (memmap[i].type == 1)
