@@ -167,8 +167,8 @@ static void put_x(u64 v)
         putc_(buf[--i]);
 }
 
-/* printf subset: %s %c %u %x (%lu/%lx the same: all 64-bit) %% */
-static void pr(const char *fmt, ...)
+/* printf subset: %s %c %lu %lx (%lu/%lx the same: all 64-bit) %% */
+__attribute__((format(printf, 1, 2))) static void pr(const char *fmt, ...)
 {
     __builtin_va_list ap;
     __builtin_va_start(ap, fmt);
@@ -328,7 +328,7 @@ static void calibrate_tsc(void)
             cpuid(0x40000010, 0, &a, &b, &c, &d);
             if (a) {
                 tsc_hz = (u64)a * 1000;
-                pr("vtg: note tsc calibration via PIT failed, cpuid 0x40000010 says %u kHz\n", (u64)a);
+                pr("vtg: note tsc calibration via PIT failed, cpuid 0x40000010 says %lu kHz\n", (u64)a);
                 return;
             }
         }
@@ -337,7 +337,7 @@ static void calibrate_tsc(void)
             cpuid(0x15, 0, &a, &b, &c, &d);
             if (a && b && c) {
                 tsc_hz = (u64)c * b / a;
-                pr("vtg: note tsc calibration via PIT failed, cpuid 0x15 says %u Hz\n", tsc_hz);
+                pr("vtg: note tsc calibration via PIT failed, cpuid 0x15 says %lu Hz\n", tsc_hz);
                 return;
             }
         }
@@ -345,7 +345,7 @@ static void calibrate_tsc(void)
             cpuid(0x16, 0, &a, &b, &c, &d);
             if (a) {
                 tsc_hz = (u64)a * 1000000;
-                pr("vtg: note tsc calibration via PIT failed, cpuid 0x16 says %u MHz\n", (u64)a);
+                pr("vtg: note tsc calibration via PIT failed, cpuid 0x16 says %lu MHz\n", (u64)a);
                 return;
             }
         }
@@ -501,7 +501,7 @@ static void check_table_sum(struct acpi_hdr *h, char *tables, u32 *tl)
         *tl += 4;
         tables[*tl] = 0;
     }
-    if (h->length < sizeof(*h) || sum8(h, h->length) != 0) {
+    if (h->length < sizeof(*h) || h->length > 0x1000000 || sum8(h, h->length) != 0) {
         char why[48] = "bad checksum in table ";
         memcpy(why + slen(why), name, 5);
         fail("acpi", why);
@@ -597,6 +597,10 @@ static void check_acpi(void)
             return;
         }
     }
+    if (rd32(root + 4) < 36 || rd32(root + 4) > 0x10000) {
+        fail("acpi", is_x ? "implausible XSDT length" : "implausible RSDT length");
+        return;
+    }
     if (sum8(root, rd32(root + 4))) {
         fail("acpi", is_x ? "bad checksum in table XSDT" : "bad checksum in table RSDT");
         return;
@@ -610,6 +614,8 @@ static void check_acpi(void)
             continue;
         }
         check_table_sum(h, tables, &tl);
+        if (h->length < sizeof(*h) || h->length > 0x1000000)
+            continue;
         if (!memcmp(h->sig, "FACP", 4)) {
             fadt = (u8 *)h;
             fadt_len = h->length;
@@ -632,14 +638,15 @@ static void check_acpi(void)
         if (!d || d >= 0x100000000UL || memcmp((void *)d, "DSDT", 4)) {
             fail("acpi", "no DSDT");
         } else {
-            dsdt = (u8 *)d;
-            check_table_sum((struct acpi_hdr *)dsdt, tables, &tl);
+            check_table_sum((struct acpi_hdr *)d, tables, &tl);
+            if (rd32((u8 *)d + 4) >= 36 && rd32((u8 *)d + 4) <= 0x1000000)
+                dsdt = (u8 *)d;
         }
     }
     if (!madt_cpus)
         fail("acpi", "no MADT or no enabled CPUs in it");
     acpi_ok = fadt && dsdt;
-    pr("vtg: acpi rsdp=ok %s=ok tables=%s madt_cpus=%u hw_reduced=%u\n", is_x ? "xsdt" : "rsdt",
+    pr("vtg: acpi rsdp=ok %s=ok tables=%s madt_cpus=%lu hw_reduced=%lu\n", is_x ? "xsdt" : "rsdt",
        tables, (u64)madt_cpus, (u64)hw_reduced);
 }
 
@@ -753,8 +760,12 @@ static void check_cpuid(void)
         if (has_b && (x2id & 0xff) != bsp_apic_id)
             fail("cpuid", "leaf 0xB x2APIC ID does not match leaf 1 APIC ID");
     }
-    pr("vtg: cpuid vendor=%s brand=\"%s\" apic_id=%u max_leaf=%x leaf1_logical=%u leafB_logical=%u\n", vendor,
+    pr("vtg: cpuid vendor=%s brand=\"%s\" apic_id=%lu max_leaf=%lx leaf1_logical=%lu leafB_logical=%lu\n", vendor,
        br, (u64)bsp_apic_id, (u64)max, (u64)l1_logical, (u64)lb_logical);
+    if (lapic_base >= 0x100000000UL) {
+        fail("cpuid", "LAPIC base above 4 GiB");
+        return;
+    }
     lapic_id = mmio_read32(lapic_base + 0x20) >> 24;
     if (lapic_id != bsp_apic_id)
         fail("cpuid", "leaf 1 EBX[31:24] differs from the LAPIC ID register");
@@ -827,12 +838,12 @@ static void check_smp(void)
     deadline = rdtsc() + ms_to_tsc(2000);
     while ((up = bitmap_count(bm)) < madt_cpus && rdtsc() < deadline)
         cpu_relax();
-    pr("vtg: smp cpus_up=%u/%u apic_ids=", (u64)up, (u64)madt_cpus);
+    pr("vtg: smp cpus_up=%lu/%lu apic_ids=", (u64)up, (u64)madt_cpus);
     {
         int first = 1;
         for (u32 id = 0; id < 256; id++)
             if (bm[id / 32] & (1u << (id % 32))) {
-                pr(first ? "%u" : ",%u", (u64)id);
+                pr(first ? "%lu" : ",%lu", (u64)id);
                 first = 0;
             }
     }
@@ -871,10 +882,10 @@ static void check_timer(void)
     sys(SYS_IRQ_OFF);
     t = vtg_ticks;
     outb(0x21, 0xff);
-    pr("vtg: timer ticks=%u\n", t);
+    pr("vtg: timer ticks=%lu\n", t);
     if (t == 0) {
         /* The VMM promises LINT0 = ExtINT (virtual wire); show it. */
-        pr("vtg: timer lapic svr=%x lint0=%x\n", (u64)mmio_read32(lapic_base + 0xf0),
+        pr("vtg: timer lapic svr=%lx lint0=%lx\n", (u64)mmio_read32(lapic_base + 0xf0),
            (u64)mmio_read32(lapic_base + 0x350));
         fail("timer", "no PIT interrupt within 5 s");
     }
@@ -932,7 +943,7 @@ static void check_rtc(void)
     if (cent < 19 || cent > 30)
         cent = 20;
     year += cent * 100;
-    pr("vtg: rtc %u-", (u64)year);
+    pr("vtg: rtc %lu-", (u64)year);
     put2(mon);
     putc_('-');
     put2(day);
@@ -965,25 +976,31 @@ static void wait_ms(u64 ms)
 static void do_poweroff(void)
 {
     u32 ta = 0, tb = 0;
-    if (!fadt || !find_s5(&ta, &tb))
+    if (!fadt) {
+        pr("vtg: FAIL action: no FADT, cannot power off\n");
         return;
+    }
+    if (!find_s5(&ta, &tb)) {
+        pr("vtg: FAIL action: no _S5_ package in the DSDT\n");
+        return;
+    }
     if (hw_reduced) {
-        if (fadt_len >= 256)
+        if (fadt_len >= 256 && rd64(fadt + 244 + 4))
             gas_write(fadt + 244, ((ta & 7) << 2) | (1u << 5), 1);
+        else
+            pr("vtg: FAIL action: hardware-reduced FADT without SLEEP_CONTROL_REG\n");
     } else {
-        u64 a = 0, b = 0;
-        if (fadt_len >= 196) {
-            a = rd64(fadt + 172 + 4);
-            b = rd64(fadt + 184 + 4);
-        }
-        if (!a)
-            a = rd32(fadt + 64);
-        if (!b)
-            b = rd32(fadt + 68);
-        if (a)
-            outw((u16)a, (u16)(((ta & 7) << 10) | (1u << 13)));
-        if (b)
-            outw((u16)b, (u16)(((tb & 7) << 10) | (1u << 13)));
+        u32 va = ((ta & 7) << 10) | (1u << 13), vb = ((tb & 7) << 10) | (1u << 13);
+        if (fadt_len >= 184 && rd64(fadt + 172 + 4))
+            gas_write(fadt + 172, va, 2);
+        else if (rd32(fadt + 64))
+            outw((u16)rd32(fadt + 64), (u16)va);
+        else
+            pr("vtg: FAIL action: FADT without PM1a_CNT_BLK\n");
+        if (fadt_len >= 196 && rd64(fadt + 184 + 4))
+            gas_write(fadt + 184, vb, 2);
+        else if (rd32(fadt + 68))
+            outw((u16)rd32(fadt + 68), (u16)vb);
     }
     wait_ms(200);
 }
@@ -1038,7 +1055,7 @@ static void print_result(void)
     if (failed_len)
         pr("vtg: result FAIL failed=%s\n", failed_list);
     else
-        pr("vtg: result PASS checks=%u\n", (u64)checks_passed);
+        pr("vtg: result PASS checks=%lu\n", (u64)checks_passed);
 }
 
 /* Entered (at CPL3, own stack) when a CPL3 exception happened. */
@@ -1046,11 +1063,11 @@ NORETURN void vtg_exception(u64 vec, u64 err, u64 rip, u64 cr2)
 {
     static int nested;
     if (nested++) {
-        pr("vtg: FAIL exception: nested vector=%u rip=%x\n", vec, rip);
+        pr("vtg: FAIL exception: nested vector=%lu rip=%lx\n", vec, rip);
         for (;;)
             sys(SYS_HALT_IRQ_OFF);
     }
-    pr("vtg: FAIL exception: vector=%u error=%x rip=%x cr2=%x\n", vec, err, rip, cr2);
+    pr("vtg: FAIL exception: vector=%lu error=%lx rip=%lx cr2=%lx\n", vec, err, rip, cr2);
     fail("exception", "unexpected CPU exception");
     if (in_action) {
         for (;;)
@@ -1123,12 +1140,12 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
     /* 1. boot counter */
     boot_count = cmos_read(0x48);
     cmos_write(0x48, (u8)(boot_count + 1));
-    pr("vtg: boot %u\n", (u64)boot_count);
+    pr("vtg: boot %lu\n", (u64)boot_count);
 
     /* 2. start_info */
     check_begin();
     if (!si || si->magic != 0x336ec578) {
-        pr("vtg: start_info magic=bad (%x)\n", si ? (u64)si->magic : 0);
+        pr("vtg: start_info magic=bad (%lx)\n", si ? (u64)si->magic : 0);
         fail("start_info", "bad hvm_start_info magic");
         /* no cmdline: default action (poweroff) with ACPI found by scanning */
         rsdp_scan = 1;
@@ -1136,7 +1153,7 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
         print_result();
         run_action();
     }
-    pr("vtg: start_info magic=ok version=%u memmap_entries=%u cmdline=%x rsdp=%x\n", (u64)si->version,
+    pr("vtg: start_info magic=ok version=%lu memmap_entries=%lu cmdline=%lx rsdp=%lx\n", (u64)si->version,
        (u64)(si->version >= 1 ? si->memmap_entries : 0), si->cmdline_paddr, si->rsdp_paddr);
     if (si->cmdline_paddr)
         cmdline = (const char *)si->cmdline_paddr;
@@ -1169,16 +1186,16 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
         memmap = (struct e820 *)si->memmap_paddr;
         memmap_n = si->memmap_entries;
         if (memmap_n > 128) {
-            pr("vtg: e820 memmap_entries=%u, only the first 128 are used\n", (u64)memmap_n);
+            pr("vtg: e820 memmap_entries=%lu, only the first 128 are used\n", (u64)memmap_n);
             fail("e820", "more than 128 memmap entries");
             memmap_n = 128;
         }
         for (u32 i = 0; i < memmap_n; i++) {
-            pr("vtg: e820 %x %x %u\n", memmap[i].addr, memmap[i].size, (u64)memmap[i].type);
+            pr("vtg: e820 %lx %lx %lu\n", memmap[i].addr, memmap[i].size, (u64)memmap[i].type);
             if (memmap[i].type == 1)
                 total += memmap[i].size;
         }
-        pr("vtg: ram_total=%u\n", total);
+        pr("vtg: ram_total=%lu\n", total);
         if (!total)
             fail("e820", "no usable RAM in the memory map");
     } else {
@@ -1196,12 +1213,12 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
                 continue;
             regions++;
             if (!probe_page(s) || !probe_page(e - 0x1000)) {
-                pr("vtg: ram_probe region %x+%x failed\n", memmap[i].addr, memmap[i].size);
+                pr("vtg: ram_probe region %lx+%lx failed\n", memmap[i].addr, memmap[i].size);
                 fail("ram_probe", "RAM page not writable/readable");
             }
         }
         if (!cur_failed)
-            pr("vtg: ram_probe ok regions=%u\n", (u64)regions);
+            pr("vtg: ram_probe ok regions=%lu\n", (u64)regions);
         check_end();
     }
 
@@ -1224,7 +1241,7 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
     check_end();
 
     /* 7. SMP */
-    if (!quick && madt_cpus) {
+    if (!quick && madt_cpus && lapic_base < 0x100000000UL) {
         check_begin();
         check_smp();
         check_end();
