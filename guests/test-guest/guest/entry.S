@@ -1,0 +1,351 @@
+/*
+ * vireo test guest: the CPL0 part.
+ *
+ * PVH entry (32-bit protected mode, paging off, EBX = hvm_start_info)
+ *   -> identity page tables (first 4 GiB, U/S=1) -> long mode
+ *   -> GDT/TSS/IDTR -> iretq to CPL3 with IOPL=3, where all checks run.
+ *
+ * Everything here runs at CPL0, which is emulated instruction by
+ * instruction on the PVM host, so it is kept deliberately tiny: no loops
+ * except the 2 MiB-page fallback, no SSE, no rep-prefixed instructions,
+ * no int3/popcnt/cmpxchg16b/xsave.
+ *
+ * Written from the PVH boot ABI (hvm_start_info) and the Intel SDM.
+ */
+
+#define SEL_KCODE   0x08
+#define SEL_KDATA   0x10
+#define SEL_UDATA   0x1b    /* GDT index 3, RPL 3 */
+#define SEL_UCODE   0x23    /* GDT index 4, RPL 3 */
+#define SEL_TSS     0x28
+
+#define PTE_P   0x001
+#define PTE_RW  0x002
+#define PTE_US  0x004
+#define PTE_PWT 0x008
+#define PTE_PCD 0x010
+#define PTE_PS  0x080
+
+/* ---------------------------------------------------------------------- */
+/* PVH ELF note: XEN_ELFNOTE_PHYS32_ENTRY (18), name "Xen".               */
+/* The descriptor is 8 bytes (like an ELF64 Linux kernel); readers that   */
+/* take only 4 bytes get the same (little-endian) address.                */
+/* ---------------------------------------------------------------------- */
+    .section .note.Xen, "a", @note
+    .balign 4
+    .long 4                 /* namesz */
+    .long 8                 /* descsz */
+    .long 18                /* type: XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .balign 4
+    .quad pvh_entry
+    .balign 4
+
+/* ---------------------------------------------------------------------- */
+    .section .text.entry, "ax"
+    .code32
+    .globl pvh_entry
+pvh_entry:
+    /* The very first thing: '@' to COM1, no LSR poll (boot benchmark). */
+    movw $0x3f8, %dx
+    movb $'@', %al
+    outb %al, %dx
+
+    movl %ebx, %edi                 /* hvm_start_info; survives to CPL3 */
+
+    /* 1 GiB pages available? (CPUID 0x80000001 EDX bit 26) */
+    movl $0x80000000, %eax
+    cpuid
+    cmpl $0x80000001, %eax
+    jb 2f
+    movl $0x80000001, %eax
+    cpuid
+    btl $26, %edx
+    jnc 2f
+
+    /* 4 x 1 GiB pages; the last GiB (IOAPIC/LAPIC/flash) uncached. */
+    movl $(PTE_P|PTE_RW|PTE_US|PTE_PS), pdpt
+    movl $(0x40000000|PTE_P|PTE_RW|PTE_US|PTE_PS), pdpt+8
+    movl $(0x80000000|PTE_P|PTE_RW|PTE_US|PTE_PS), pdpt+16
+    movl $(0xc0000000|PTE_P|PTE_RW|PTE_US|PTE_PS|PTE_PCD|PTE_PWT), pdpt+24
+    movl $1, pgmode_1g
+    jmp 3f
+
+2:  /* Fallback: 2048 x 2 MiB pages in pd0..pd3 (contiguous). */
+    movl $(pd0+PTE_P+PTE_RW+PTE_US), pdpt
+    movl $(pd0+0x1000+PTE_P+PTE_RW+PTE_US), pdpt+8
+    movl $(pd0+0x2000+PTE_P+PTE_RW+PTE_US), pdpt+16
+    movl $(pd0+0x3000+PTE_P+PTE_RW+PTE_US), pdpt+24
+    movl $pd0, %esi
+    movl $(PTE_P|PTE_RW|PTE_US|PTE_PS), %eax
+    movl $2048, %ecx
+1:  movl %eax, (%esi)
+    addl $0x200000, %eax
+    addl $8, %esi
+    decl %ecx
+    jnz 1b
+    /* IOAPIC (0xfec00000) and LAPIC (0xfee00000) 2 MiB pages uncached */
+    orl $(PTE_PCD|PTE_PWT), pd0+(0xfec00000>>21)*8
+    orl $(PTE_PCD|PTE_PWT), pd0+(0xfee00000>>21)*8
+
+3:  movl $(pdpt+PTE_P+PTE_RW+PTE_US), pml4
+
+    lgdt gdt_ptr
+    movl %cr4, %eax
+    orl $0x20, %eax                 /* PAE */
+    movl %eax, %cr4
+    movl $pml4, %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx          /* EFER */
+    rdmsr
+    orl $0x100, %eax                /* LME */
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80000001, %eax           /* PG | PE */
+    movl %eax, %cr0
+    ljmp $SEL_KCODE, $long_entry
+
+    .code64
+long_entry:
+    movl $SEL_KDATA, %eax
+    movl %eax, %ds
+    movl %eax, %es
+    movl %eax, %ss
+    movl %eax, %fs
+    movl %eax, %gs
+    leaq kstack_top(%rip), %rsp
+
+    /* TSS descriptor base (the TSS lives below 4 GiB). */
+    leaq tss(%rip), %rax
+    movw %ax, gdt_tss+2(%rip)
+    shrl $16, %eax
+    movb %al, gdt_tss+4(%rip)
+    movb %ah, gdt_tss+7(%rip)
+    movl $SEL_TSS, %eax
+    ltr %ax
+    lidt idt_ptr(%rip)
+
+    /* Drop to CPL3: IOPL=3, IF=0 (CPL3 asks for IF=1 via int 0x80). */
+    movl %edi, %edi                 /* start_info, zero-extended -> arg 0 */
+    pushq $SEL_UDATA
+    leaq ustack_top-8(%rip), %rax   /* -8: ABI alignment at function entry */
+    pushq %rax
+    pushq $0x3002
+    pushq $SEL_UCODE
+    leaq vtg_main(%rip), %rax
+    pushq %rax
+    iretq
+
+/* ---------------------------------------------------------------------- */
+/* Interrupt/exception stubs (CPL0).                                      */
+/* ---------------------------------------------------------------------- */
+    .text
+    .code64
+
+    .macro EXC vec, haserr
+    .globl vtg_exc\vec
+vtg_exc\vec:
+    .if \haserr == 0
+    pushq $0
+    .endif
+    pushq $\vec
+    jmp exc_common
+    .endm
+
+    EXC 0,0
+    EXC 1,0
+    EXC 2,0
+    EXC 3,0
+    EXC 4,0
+    EXC 5,0
+    EXC 6,0
+    EXC 7,0
+    EXC 8,1
+    EXC 9,0
+    EXC 10,1
+    EXC 11,1
+    EXC 12,1
+    EXC 13,1
+    EXC 14,1
+    EXC 15,0
+    EXC 16,0
+    EXC 17,1
+    EXC 18,0
+    EXC 19,0
+    EXC 20,0
+    EXC 21,1
+
+/*
+ * Stack: vec, err, rip, cs, rflags, rsp, ss.
+ * A fault at CPL3 is reflected back to CPL3: the iret frame is rewritten
+ * to enter vtg_exception(vec, err, rip, cr2) on its own stack.
+ * A fault at CPL0 prints '!' and stops.
+ */
+exc_common:
+    testb $3, 24(%rsp)
+    jz 1f
+    popq %rdi
+    popq %rsi
+    movq (%rsp), %rdx
+    movq %cr2, %rcx
+    leaq vtg_exception(%rip), %rax
+    movq %rax, (%rsp)
+    leaq xstack_top-8(%rip), %rax
+    movq %rax, 24(%rsp)
+    iretq
+1:  movw $0x3f8, %dx
+    movb $'!', %al
+    outb %al, %dx
+2:  cli
+    hlt
+    jmp 2b
+
+/* PIT tick (IRQ0 -> vector 0x20): count, EOI. */
+    .globl vtg_irq0
+vtg_irq0:
+    incq vtg_ticks(%rip)
+    pushq %rax
+    movb $0x20, %al
+    outb %al, $0x20
+    popq %rax
+    iretq
+
+/* Other master-PIC IRQs (0x21..0x27). */
+    .globl vtg_irq_master
+vtg_irq_master:
+    pushq %rax
+    movb $0x20, %al
+    outb %al, $0x20
+    popq %rax
+    iretq
+
+/* Slave-PIC IRQs (0x28..0x2f). */
+    .globl vtg_irq_slave
+vtg_irq_slave:
+    pushq %rax
+    movb $0x20, %al
+    outb %al, $0xa0
+    outb %al, $0x20
+    popq %rax
+    iretq
+
+/* Anything else (e.g. LAPIC spurious). */
+    .globl vtg_irq_ignore
+vtg_irq_ignore:
+    iretq
+
+/*
+ * int $0x80 from CPL3, function number in EAX:
+ *   0: halt forever, interrupts on   1: halt forever, interrupts off
+ *   2: triple fault                  3: return with IF=1
+ *   4: return with IF=0              other: no-op
+ */
+    .globl vtg_syscall
+vtg_syscall:
+    testl %eax, %eax
+    jz 10f
+    cmpl $1, %eax
+    je 11f
+    cmpl $2, %eax
+    je 12f
+    cmpl $3, %eax
+    je 13f
+    cmpl $4, %eax
+    je 14f
+    iretq
+10: sti
+1:  hlt
+    jmp 1b
+11: cli
+2:  hlt
+    jmp 2b
+12: lidt idt_zero(%rip)
+    ud2
+    jmp 12b
+13: orq $0x200, 16(%rsp)
+    iretq
+14: andq $~0x200, 16(%rsp)
+    iretq
+
+/* ---------------------------------------------------------------------- */
+/* AP trampoline (real mode), copied by CPL3 to 0x3000, SIPI vector 3.    */
+/* Marks its initial APIC ID in the bitmap at 0x3f00 and halts.           */
+/* ---------------------------------------------------------------------- */
+    .section .rodata
+    .globl vtg_ap_tramp_start, vtg_ap_tramp_end
+    .code16
+vtg_ap_tramp_start:
+    cli
+    xorw %ax, %ax
+    movw %ax, %ds
+    movl $1, %eax
+    cpuid
+    shrl $24, %ebx
+    lock btsl %ebx, 0x3f00
+1:  cli
+    hlt
+    jmp 1b
+vtg_ap_tramp_end:
+    .code64
+
+/* ---------------------------------------------------------------------- */
+    .data
+    .balign 16
+gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff        /* 0x08 kernel code, 64-bit */
+    .quad 0x00cf92000000ffff        /* 0x10 kernel data */
+    .quad 0x00cff2000000ffff        /* 0x18 user data, DPL3 */
+    .quad 0x00affa000000ffff        /* 0x20 user code, 64-bit, DPL3 */
+gdt_tss:                            /* 0x28 64-bit TSS (base patched) */
+    .word 0x67, 0
+    .byte 0, 0x89, 0, 0
+    .long 0, 0
+gdt_end:
+
+    .balign 8
+gdt_ptr:
+    .word gdt_end - gdt - 1
+    .quad gdt
+    .balign 8
+idt_ptr:
+    .word 256*16 - 1
+    .quad vtg_idt
+    .balign 8
+idt_zero:
+    .word 0
+    .quad 0
+
+    .balign 16
+tss:
+    .long 0
+    .quad kstack_top                /* RSP0 */
+    .fill 0x68 - 12, 1, 0
+
+    .globl pgmode_1g
+    .balign 4
+pgmode_1g:
+    .long 0
+
+/*
+ * Page tables and IDT live in a loaded (PROGBITS) section so that they
+ * are zero again after every reload of the image (e.g. a guest reset
+ * where the VMM does not clear RAM). CPL3 may write them (U/S=1).
+ */
+    .section .pgtables, "aw", @progbits
+    .balign 4096
+    .globl pml4, pdpt, pd0, vtg_pd_win, vtg_idt
+pml4:       .fill 4096, 1, 0
+pdpt:       .fill 4096, 1, 0
+pd0:        .fill 4*4096, 1, 0
+vtg_pd_win: .fill 4096, 1, 0
+vtg_idt:    .fill 4096, 1, 0
+
+    .section .stacks, "aw", @nobits
+    .balign 4096
+    .skip 8192
+kstack_top:
+    .skip 8192
+xstack_top:
+    .skip 65536
+ustack_top:
