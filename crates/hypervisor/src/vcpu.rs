@@ -31,6 +31,8 @@ const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
 // LAPIC register offsets and LVT delivery modes.
+const APIC_SPIV: usize = 0xf0;
+const APIC_SPIV_ENABLE: u32 = 1 << 8;
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
@@ -133,19 +135,20 @@ impl Vcpu {
         Ok(())
     }
 
-    /// LINT0 receives the 8259's ExtINT and LINT1 NMIs, as a PC BIOS leaves them.
+    /// Virtual-wire mode, as a PC BIOS leaves the local APIC: software-enabled, LINT0
+    /// receives the 8259's ExtINT and LINT1 NMIs.
     fn setup_lapic(&self) -> Result<()> {
         let mut lapic = self.fd.get_lapic().map_err(kvm_op("KVM_GET_LAPIC"))?;
-        let mut set = |offset: usize, mode: u32| {
+        let mut update = |offset: usize, f: &dyn Fn(u32) -> u32| {
             let regs = &mut lapic.regs[offset..offset + 4];
-            let mut v = u32::from_le_bytes([regs[0] as u8, regs[1] as u8, regs[2] as u8, regs[3] as u8]);
-            v = (v & !0x700) | (mode << 8);
-            for (dst, src) in regs.iter_mut().zip(v.to_le_bytes()) {
+            let v = u32::from_le_bytes([regs[0] as u8, regs[1] as u8, regs[2] as u8, regs[3] as u8]);
+            for (dst, src) in regs.iter_mut().zip(f(v).to_le_bytes()) {
                 *dst = src as _;
             }
         };
-        set(APIC_LVT0, APIC_MODE_EXTINT);
-        set(APIC_LVT1, APIC_MODE_NMI);
+        update(APIC_SPIV, &|v| v | APIC_SPIV_ENABLE);
+        update(APIC_LVT0, &|v| (v & !0x1_0700) | (APIC_MODE_EXTINT << 8));
+        update(APIC_LVT1, &|v| (v & !0x1_0700) | (APIC_MODE_NMI << 8));
         self.fd.set_lapic(&lapic).map_err(kvm_op("KVM_SET_LAPIC"))
     }
 

@@ -60,15 +60,27 @@ pub fn spawn(mut vcpu: Vcpu, shared: Arc<VcpuShared>) -> std::io::Result<JoinHan
 }
 
 fn run(vcpu: &mut Vcpu, shared: &VcpuShared) {
+    run_loop(vcpu, shared);
+    // Where each vCPU was when the VM stopped: the first thing to look at when a guest hangs.
+    if log::log_enabled!(log::Level::Debug) {
+        log::debug!("vCPU {} stopped at:\n{}", vcpu.index(), vcpu.dump_registers());
+    }
+}
+
+fn run_loop(vcpu: &mut Vcpu, shared: &VcpuShared) {
     while !shared.stop.load(Ordering::Acquire) {
         let exit = vcpu.fd().run();
         let reason = match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
-                shared.io_bus.write(u64::from(port), data);
+                if !shared.io_bus.write(u64::from(port), data) {
+                    log::trace!("unclaimed port write {port:#x} <- {data:x?}");
+                }
                 continue;
             }
             Ok(VcpuExit::IoIn(port, data)) => {
-                shared.io_bus.read(u64::from(port), data);
+                if !shared.io_bus.read(u64::from(port), data) {
+                    log::trace!("unclaimed port read {port:#x}");
+                }
                 continue;
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {

@@ -98,7 +98,7 @@ pvh_entry:
     movl %eax, %cr3
     movl $0xc0000080, %ecx          /* EFER */
     rdmsr
-    orl $0x100, %eax                /* LME */
+    orl $0x101, %eax                /* LME | SCE (syscall/sysret) */
     wrmsr
     movl %cr0, %eax
     orl $0x80000001, %eax           /* PG | PE */
@@ -125,7 +125,21 @@ long_entry:
     ltr %ax
     lidt idt_ptr(%rip)
 
-    /* Drop to CPL3: IOPL=3, IF=0 (CPL3 asks for IF=1 via int 0x80). */
+    /* syscall gate: STAR selectors (kernel CS 0x08/SS 0x10; sysret CS 0x23/SS 0x1b),
+     * LSTAR entry, FMASK clears IF/TF/DF on entry. */
+    movl $0xc0000081, %ecx
+    xorl %eax, %eax
+    movl $((0x10 << 16) | 0x08), %edx
+    wrmsr
+    movl $0xc0000082, %ecx
+    leaq vtg_syscall(%rip), %rax
+    xorl %edx, %edx
+    wrmsr
+    movl $0xc0000084, %ecx
+    movl $0x700, %eax
+    wrmsr
+
+    /* Drop to CPL3: IOPL=3, IF=0 (CPL3 asks for IF=1 via the syscall gate). */
     movl %edi, %edi                 /* start_info, zero-extended -> arg 0 */
     pushq $SEL_UDATA
     leaq ustack_top-8(%rip), %rax   /* -8: ABI alignment at function entry */
@@ -210,6 +224,16 @@ vtg_irq0:
     popq %rax
     iretq
 
+/* Local APIC timer (vector 0x30): count, EOI to the LAPIC (xAPIC MMIO). */
+    .globl vtg_irq_lapic
+vtg_irq_lapic:
+    incq vtg_ticks(%rip)
+    pushq %rax
+    movl $0xfee000b0, %eax
+    movl $0, (%rax)
+    popq %rax
+    iretq
+
 /* Other master-PIC IRQs (0x21..0x27). */
     .globl vtg_irq_master
 vtg_irq_master:
@@ -235,24 +259,29 @@ vtg_irq_ignore:
     iretq
 
 /*
- * int $0x80 from CPL3, function number in EAX:
+ * The CPL0 gate, entered with `syscall` from CPL3 (RCX = return RIP, R11 = RFLAGS; the
+ * stack is not switched and no handler here uses it). Function number in EAX, dispatched
+ * through a table so each call costs a handful of instructions: CPL0 code is emulated
+ * instruction by instruction on some hosts.
  *   0: halt forever, interrupts on   1: halt forever, interrupts off
  *   2: triple fault                  3: return with IF=1
- *   4: return with IF=0              other: no-op
+ *   4: return with IF=0
+ *   5: outb  6: outw  7: outl   (EDX = port, ESI = value)
+ *   8: inb   9: inw  10: inl    (EDX = port; value returned in EAX)
+ *  11: cpuid (ESI = leaf, ECX = sub-leaf; returns EAX, EBX, ECX, EDX)
+ *  12: open a short interrupt window (sti, spin, cli); clobbers ECX
+ * Port I/O and CPUID live here because a host may run guest user mode as real user mode:
+ * then IOPL=3 is not honoured (in/out fault) and CPUID reports the host's CPU. `syscall`
+ * rather than `int $0x80` because such hosts forward exactly the transitions a Linux
+ * guest uses (int $0x80 from user mode arrives as #UD there).
  */
     .globl vtg_syscall
 vtg_syscall:
-    testl %eax, %eax
-    jz 10f
-    cmpl $1, %eax
-    je 11f
-    cmpl $2, %eax
-    je 12f
-    cmpl $3, %eax
-    je 13f
-    cmpl $4, %eax
-    je 14f
-    iretq
+    addq $2, (%rsp)                 /* skip the ud2 */
+    cmpl $13, %eax
+    jae 99f
+    jmp *sys_table(,%rax,8)
+99: iretq
 10: sti
 1:  hlt
     jmp 1b
@@ -266,6 +295,38 @@ vtg_syscall:
     iretq
 14: andq $~0x200, 16(%rsp)
     iretq
+15: movl %esi, %eax
+    outb %al, %dx
+    iretq
+16: movl %esi, %eax
+    outw %ax, %dx
+    iretq
+17: movl %esi, %eax
+    outl %eax, %dx
+    iretq
+18: xorl %eax, %eax
+    inb %dx, %al
+    iretq
+19: xorl %eax, %eax
+    inw %dx, %ax
+    iretq
+20: inl %dx, %eax
+    iretq
+21: movl %esi, %eax
+    cpuid
+    iretq
+22: sti                             /* a short window for pending interrupts */
+    movl $100, %ecx
+3:  decl %ecx
+    jnz 3b
+    cli
+    iretq
+
+    .section .rodata
+    .balign 8
+sys_table:
+    .quad 10b, 11b, 12b, 13b, 14b, 15b, 16b, 17b, 18b, 19b, 20b, 21b, 22b
+    .text
 
 /* ---------------------------------------------------------------------- */
 /* AP trampoline (real mode), copied by CPL3 to 0x3000, SIPI vector 3.    */
