@@ -95,7 +95,7 @@ fn memory_above_the_4g_hole_is_usable() {
     );
     let lines = r.guest_lines();
     assert!(
-        lines.iter().any(|l| l.starts_with("e820 ") && l.contains(" 100000000 ")),
+        lines.iter().any(|l| l.starts_with("e820 0x100000000 ")),
         "no e820 RAM entry at 4 GiB:\n{}",
         r.describe()
     );
@@ -109,8 +109,11 @@ fn timer_interrupts_and_rtc_reach_the_guest() {
     }
     let r = boot(&["--memory", "32M"], "console=ttyS0 vtg.action=poweroff");
     assert_eq!(r.code(), Some(0), "{}", r.describe());
+    // Both timer paths: the local APIC timer and the PIT through the 8259 in virtual-wire
+    // mode (LINT0 = ExtINT, set up by vireo).
     let ticks: u32 = r.guest_field("timer", "ticks").unwrap().parse().unwrap();
-    assert!(ticks >= 10, "{}", r.describe());
+    let pit: u32 = r.guest_field("timer", "pit_ticks").unwrap().parse().unwrap();
+    assert!(ticks >= 10 && pit >= 10, "{}", r.describe());
     // The guest's CMOS clock shows the host's UTC date and time (within a minute).
     let rtc = r
         .guest_lines()
@@ -245,7 +248,19 @@ fn console_file_and_baseline_template() {
     assert!(r.stdout.is_empty(), "console went to stdout: {}", r.describe());
     let out = std::fs::read_to_string(&console).unwrap();
     assert!(out.contains("vtg: result PASS"), "{out}");
-    // The baseline template hides POPCNT/CX16/XSAVE/AVX from the guest.
+    // The baseline template hides CX16, POPCNT, XSAVE, OSXSAVE, AVX and all of leaf 7 --
+    // where KVM honours the CPUID vireo sets. PVM (these CI machines) runs guest user code
+    // natively and reports the physical CPU's features instead; vireo warns about that.
     let cpuid = out.lines().find(|l| l.contains("vtg: cpuid")).unwrap_or("");
-    assert!(!cpuid.is_empty(), "{out}");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(r.stderr.contains("the `baseline` CPU template cannot hide those features here"), "{}", r.describe());
+        eprintln!("NOTE console_file_and_baseline_template: PVM host overrides CPUID; feature masking not asserted");
+        return;
+    }
+    let ecx = u32::from_str_radix(common::field(cpuid, "leaf1_ecx").unwrap().trim_start_matches("0x"), 16).unwrap();
+    for bit in [13, 23, 26, 27, 28] {
+        assert_eq!(ecx & (1 << bit), 0, "leaf 1 ECX bit {bit} visible: {cpuid}");
+    }
+    assert_ne!(ecx & (1 << 31), 0, "hypervisor bit: {cpuid}");
+    assert_eq!(common::field(cpuid, "leaf7_ebx").as_deref(), Some("0x0"), "{cpuid}");
 }

@@ -73,8 +73,11 @@ const E1_ECX_XOP: u32 = 1 << 11;
 const E1_ECX_FMA4: u32 = 1 << 16;
 const E1_ECX_TBM: u32 = 1 << 21;
 
+/// Leaf 1 ECX bits KVM computes at run time (OSXSAVE follows the guest's CR4).
+pub const DYNAMIC_LEAF1_ECX: u32 = L1_ECX_OSXSAVE;
+
 /// Leaves removed entirely by the baseline template (XSAVE state, SGX, PT, AMX, ...).
-const BASELINE_REMOVED_LEAVES: &[u32] = &[0xd, 0x12, 0x14, 0x19, 0x1d, 0x1e, 0x24];
+const BASELINE_REMOVED_LEAVES: &[u32] = &[0x12, 0x14, 0x19, 0x1d, 0x1e, 0x24];
 
 /// Brand string used when the host's CPUID does not provide one.
 const DEFAULT_BRAND: &str = "vireo virtual CPU";

@@ -84,6 +84,9 @@ impl Vcpu {
         self.fd
             .set_cpuid2(&cpuid::to_kvm_cpuid(&entries))
             .map_err(kvm_op("KVM_SET_CPUID2"))?;
+        if self.index == 0 {
+            self.check_cpuid_honoured(&entries, template);
+        }
         self.setup_msrs(kvm)?;
         let fpu = kvm_fpu {
             fcw: 0x37f,
@@ -96,6 +99,36 @@ impl Vcpu {
             self.setup_boot_registers(mem, boot)?;
         }
         Ok(())
+    }
+
+    /// Some hosts (nested hypervisors that run guest user code natively) replace feature
+    /// bits with the physical CPU's; a template that hides features cannot work there, and
+    /// the user should know.
+    fn check_cpuid_honoured(&self, set: &[kvm_bindings::kvm_cpuid_entry2], template: CpuTemplate) {
+        let Ok(effective) = self.fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES) else {
+            return;
+        };
+        for (function, reg) in [(1u32, "ECX"), (7, "EBX")] {
+            let pick = |e: &kvm_bindings::kvm_cpuid_entry2| if function == 1 { e.ecx } else { e.ebx };
+            let find = |list: &[kvm_bindings::kvm_cpuid_entry2]| {
+                list.iter().find(|e| e.function == function && e.index == 0).map(pick)
+            };
+            let (Some(wanted), Some(got)) = (find(set), find(effective.as_slice())) else {
+                continue;
+            };
+            // Bits vireo hid that the guest can see anyway (KVM may legitimately add
+            // dynamic bits such as OSXSAVE, so only hidden-but-visible bits count).
+            if got & !wanted & !cpuid::DYNAMIC_LEAF1_ECX != 0 {
+                let msg = format!(
+                    "this host's KVM overrides CPUID leaf {function:#x} {reg} (vireo set {wanted:#010x}, the guest sees {got:#010x})"
+                );
+                if template == CpuTemplate::Baseline {
+                    log::warn!("{msg}: the `baseline` CPU template cannot hide those features here");
+                } else {
+                    log::debug!("{msg}");
+                }
+            }
+        }
     }
 
     fn setup_msrs(&self, kvm: &Kvm) -> Result<()> {

@@ -259,8 +259,9 @@ vtg_irq_ignore:
     iretq
 
 /*
- * The CPL0 gate, entered with `syscall` from CPL3 (RCX = return RIP, R11 = RFLAGS; the
- * stack is not switched and no handler here uses it). Function number in EAX, dispatched
+ * The CPL0 gate, entered from CPL3 with `ud2` followed by the bytes "VG" (#UD, vector 6).
+ * Function number in EDI -- not EAX: some nested hosts clobber RAX around port-I/O exits --
+ * dispatched
  * through a table so each call costs a handful of instructions: CPL0 code is emulated
  * instruction by instruction on some hosts.
  *   0: halt forever, interrupts on   1: halt forever, interrupts off
@@ -277,10 +278,13 @@ vtg_irq_ignore:
  */
     .globl vtg_syscall
 vtg_syscall:
-    addq $2, (%rsp)                 /* skip the ud2 */
-    cmpl $13, %eax
+    movq (%rsp), %r11               /* a gate call is `ud2` followed by the bytes "VG" */
+    cmpl $0x47560b0f, (%r11)
+    jne vtg_exc6                    /* a genuine #UD: report it */
+    addq $4, (%rsp)
+    cmpl $13, %edi
     jae 99f
-    jmp *sys_table(,%rax,8)
+    jmp *sys_table(,%rdi,8)
 99: iretq
 10: sti
 1:  hlt

@@ -92,12 +92,12 @@ static size_t slen(const char *s)
 
 static inline void sys_out(u32 fn, u16 port, u32 v)
 {
-    __asm__ volatile("ud2" ::"a"(fn), "d"((u32)port), "S"(v) : "rcx", "r11", "memory");
+    __asm__ volatile("ud2\n\t.byte 0x56, 0x47" ::"D"(fn), "d"((u32)port), "S"(v) : "rax", "rcx", "r11", "memory");
 }
 static inline u32 sys_in(u32 fn, u16 port)
 {
     u32 v;
-    __asm__ volatile("ud2" : "=a"(v) : "a"(fn), "d"((u32)port) : "rcx", "r11", "memory");
+    __asm__ volatile("ud2\n\t.byte 0x56, 0x47" : "=a"(v) : "D"(fn), "d"((u32)port) : "rcx", "r11", "memory");
     return v;
 }
 static inline void outb(u16 port, u8 v) { sys_out(SYS_OUTB, port, v); }
@@ -107,9 +107,9 @@ static inline u8 inb(u16 port) { return (u8)sys_in(SYS_INB, port); }
 
 static inline void cpuid(u32 leaf, u32 sub, u32 *a, u32 *b, u32 *c, u32 *d)
 {
-    __asm__ volatile("ud2"
+    __asm__ volatile("ud2\n\t.byte 0x56, 0x47"
                      : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d)
-                     : "a"(SYS_CPUID), "S"(leaf), "c"(sub)
+                     : "D"(SYS_CPUID), "S"(leaf), "c"(sub)
                      : "r11", "memory");
 }
 
@@ -123,7 +123,7 @@ static inline u64 rdtsc(void)
 static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
 
 
-static inline void sys(u32 fn) { __asm__ volatile("ud2" ::"a"(fn) : "rcx", "r11", "memory"); }
+static inline void sys(u32 fn) { __asm__ volatile("ud2\n\t.byte 0x56, 0x47" ::"D"(fn) : "rax", "rcx", "r11", "memory"); }
 
 static NORETURN void halt_forever(void)
 {
@@ -314,28 +314,28 @@ static int streq(const char *a, const char *b) { return slen(a) == slen(b) && !m
 /* ------------------------------------------------------------------ */
 static u64 tsc_hz = 2000000000; /* until calibrated */
 
+/*
+ * TSC calibration against the local APIC timer, which KVM and QEMU both clock at 1 GHz
+ * (divide-by-1), so no port I/O is needed. The LAPIC is at its reset address here (the
+ * MADT has not been read yet).
+ */
 static void calibrate_tsc(void)
 {
-    u8 p61 = inb(0x61);
+    const u64 apic = 0xfee00000;
     u64 t0, t1;
-    u32 spins = 0;
-    outb(0x61, (u8)((p61 & ~0x02) & ~0x01)); /* gate off, speaker off */
-    outb(0x43, 0xb0);                        /* ch2, lo/hi, mode 0, binary */
-    outb(0x42, 11932 & 0xff);                /* 10 ms */
-    outb(0x42, 11932 >> 8);
-    outb(0x61, (u8)((p61 & ~0x02) | 0x01)); /* gate on */
+    u32 c0, c1, spins = 0;
+    mmio_write32(apic + 0x3e0, 0xb);         /* divide by 1 */
+    mmio_write32(apic + 0x320, 1u << 16);    /* masked, one-shot */
+    mmio_write32(apic + 0x380, 0xffffffff);  /* initial count */
     t0 = rdtsc();
-    /* Bounded by iterations and by 200M TSC cycles (10 ms needs <= 50M
-     * even at 5 GHz), so a missing port 0x61 costs little. */
+    c0 = mmio_read32(apic + 0x390);
     do {
-        t1 = rdtsc();
-        if (inb(0x61) & 0x20)
-            break;
-    } while (++spins < 10000000 && t1 - t0 < 200000000);
-    outb(0x61, p61 & (u8)~0x03);
-    /* t1 - t0 > 100000: a dummy port 0x61 reading all ones is no clock */
-    if (spins < 10000000 && t1 - t0 < 200000000 && t1 - t0 > 100000) {
-        tsc_hz = (t1 - t0) * 100;
+        c1 = mmio_read32(apic + 0x390);
+    } while (c0 - c1 < 10000000 && ++spins < 10000000); /* 10 ms at 1 GHz */
+    t1 = rdtsc();
+    mmio_write32(apic + 0x380, 0);
+    if (c0 - c1 >= 10000000 && t1 > t0) {
+        tsc_hz = (t1 - t0) * 1000000000ULL / (c0 - c1);
         return;
     }
     /* Fallbacks: hypervisor timing leaf 0x40000010 (kHz), CPUID 0x15,
@@ -347,7 +347,7 @@ static void calibrate_tsc(void)
             cpuid(0x40000010, 0, &a, &b, &c, &d);
             if (a) {
                 tsc_hz = (u64)a * 1000;
-                pr("vtg: note tsc calibration via PIT failed, cpuid 0x40000010 says %lu kHz\n", (u64)a);
+                pr("vtg: note tsc calibration via the LAPIC timer failed, cpuid 0x40000010 says %lu kHz\n", (u64)a);
                 return;
             }
         }
@@ -356,7 +356,7 @@ static void calibrate_tsc(void)
             cpuid(0x15, 0, &a, &b, &c, &d);
             if (a && b && c) {
                 tsc_hz = (u64)c * b / a;
-                pr("vtg: note tsc calibration via PIT failed, cpuid 0x15 says %lu Hz\n", tsc_hz);
+                pr("vtg: note tsc calibration via the LAPIC timer failed, cpuid 0x15 says %lu Hz\n", tsc_hz);
                 return;
             }
         }
@@ -364,7 +364,7 @@ static void calibrate_tsc(void)
             cpuid(0x16, 0, &a, &b, &c, &d);
             if (a) {
                 tsc_hz = (u64)a * 1000000;
-                pr("vtg: note tsc calibration via PIT failed, cpuid 0x16 says %lu MHz\n", (u64)a);
+                pr("vtg: note tsc calibration via the LAPIC timer failed, cpuid 0x16 says %lu MHz\n", (u64)a);
                 return;
             }
         }
@@ -746,6 +746,7 @@ static void check_cpuid(void)
     char vendor[13], brand[49];
     const char *br = brand;
     u32 l1_logical, lb_logical = 0, lapic_id;
+    u32 leaf1_ecx, leaf7_ebx = 0;
     int has_b = 0;
 
     cpuid(0, 0, &max, &b, &c, &d);
@@ -764,6 +765,7 @@ static void check_cpuid(void)
             br++;
     }
     cpuid(1, 0, &a, &b, &c, &d);
+    leaf1_ecx = c;
     bsp_apic_id = b >> 24;
     l1_logical = (d & (1u << 28)) ? (b >> 16) & 0xff : 1;
     if (max >= 0xb) {
@@ -779,8 +781,12 @@ static void check_cpuid(void)
         if (has_b && (x2id & 0xff) != bsp_apic_id)
             fail("cpuid", "leaf 0xB x2APIC ID does not match leaf 1 APIC ID");
     }
-    pr("vtg: cpuid vendor=%s brand=\"%s\" apic_id=%lu max_leaf=%lx leaf1_logical=%lu leafB_logical=%lu\n", vendor,
-       br, (u64)bsp_apic_id, (u64)max, (u64)l1_logical, (u64)lb_logical);
+    if (max >= 7)
+        cpuid(7, 0, &a, &leaf7_ebx, &c, &d);
+    pr("vtg: cpuid vendor=%s brand=\"%s\" apic_id=%lu max_leaf=%lx leaf1_logical=%lu leafB_logical=%lu "
+       "leaf1_ecx=%lx leaf7_ebx=%lx\n",
+       vendor, br, (u64)bsp_apic_id, (u64)max, (u64)l1_logical, (u64)lb_logical, (u64)leaf1_ecx,
+       (u64)leaf7_ebx);
     if (lapic_base >= 0x100000000UL) {
         fail("cpuid", "LAPIC base above 4 GiB");
         return;
@@ -887,9 +893,9 @@ static u64 count_ticks(u32 ms, u64 want)
 }
 
 /*
- * Timer interrupts from both sources a PC guest uses: the local APIC timer (what Linux
- * runs on; required) and the 8254 PIT through the 8259 in virtual-wire mode (reported;
- * some nested hosts drop legacy PIC/PIT port I/O issued from 64-bit kernel mode).
+ * Timer interrupts from both sources a PC guest uses: the 8254 PIT through the 8259 in
+ * virtual-wire mode (LINT0 = ExtINT, as the VMM promises) and the local APIC timer (what
+ * Linux runs on).
  */
 static void check_timer(void)
 {
@@ -925,6 +931,8 @@ static void check_timer(void)
     if (pit == 0)
         pr("vtg: note no PIT interrupt via the 8259 (lapic svr=%lx lint0=%lx)\n",
            (u64)mmio_read32(lapic_base + 0xf0), (u64)mmio_read32(lapic_base + 0x350));
+    if (pit < 10)
+        fail("timer", "fewer than 10 PIT interrupts through the 8259 (virtual wire) within 1 s");
     if (lapic == 0)
         fail("timer", "no local APIC timer interrupt within 5 s");
     else if (lapic < 10)
