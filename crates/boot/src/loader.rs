@@ -13,7 +13,9 @@ use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_params, setup_header};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -48,10 +50,16 @@ pub enum BootError {
     Truncated { path: PathBuf, reason: String },
     #[error("kernel {path} is not supported: {reason}")]
     Unsupported { path: PathBuf, reason: String },
-    #[error("the kernel needs at least {needed_mib} MiB of guest memory; the VM has {have_mib} MiB")]
+    #[error(
+        "the kernel needs at least {needed_mib} MiB of guest memory; the VM has {have_mib} MiB"
+    )]
     KernelTooBig { needed_mib: u64, have_mib: u64 },
     #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} next to the kernel; give the VM more memory")]
-    InitrdTooBig { path: PathBuf, size: u64, limit: u64 },
+    InitrdTooBig {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("kernel command line is {len} bytes; this kernel accepts at most {max}")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("kernel command line contains a NUL byte")]
@@ -155,7 +163,9 @@ pub fn probe_kernel(path: &Path) -> Result<KernelInfo> {
     if head.len() >= 4 && &head[..4] == ELF_MAGIC {
         return probe_elf(path, &mut file, len);
     }
-    if head.len() >= 0x206 && u32::from_le_bytes(head[0x202..0x206].try_into().unwrap()) == HDRS_MAGIC {
+    if head.len() >= 0x206
+        && u32::from_le_bytes(head[0x202..0x206].try_into().unwrap()) == HDRS_MAGIC
+    {
         return probe_bzimage(path, head, len);
     }
     if head.len() < 0x206 && !head.is_empty() && head.len() < 4 {
@@ -169,7 +179,8 @@ pub fn probe_kernel(path: &Path) -> Result<KernelInfo> {
 fn probe_bzimage(path: &Path, head: &[u8], len: u64) -> Result<KernelInfo> {
     let u8_at = |o: usize| head.get(o).copied().unwrap_or(0);
     let u16_at = |o: usize| u16::from_le_bytes([u8_at(o), u8_at(o + 1)]);
-    let u32_at = |o: usize| u32::from_le_bytes([u8_at(o), u8_at(o + 1), u8_at(o + 2), u8_at(o + 3)]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([u8_at(o), u8_at(o + 1), u8_at(o + 2), u8_at(o + 3)]);
     let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
     let unsupported = |reason: String| BootError::Unsupported {
         path: path.to_owned(),
@@ -189,7 +200,9 @@ fn probe_bzimage(path: &Path, head: &[u8], len: u64) -> Result<KernelInfo> {
         return Err(unsupported("not a bzImage (zImage loaded low)".into()));
     }
     if head.len() >= 0x238 && u16_at(0x236) & XLF_KERNEL_64 == 0 {
-        return Err(unsupported("no 64-bit entry point (XLF_KERNEL_64 not set)".into()));
+        return Err(unsupported(
+            "no 64-bit entry point (XLF_KERNEL_64 not set)".into(),
+        ));
     }
     let setup_sects = match u8_at(0x1f1) {
         0 => 4,
@@ -215,7 +228,9 @@ fn probe_bzimage(path: &Path, head: &[u8], len: u64) -> Result<KernelInfo> {
         format: KernelFormat::BzImage { protocol },
         cmdline_max: cmdline_size.min(layout::CMDLINE_MAX_SIZE - 1),
         initrd_limit: initrd_addr_max.saturating_add(1),
-        min_memory: pref_address.max(layout::HIGH_MEMORY_START).saturating_add(init_size),
+        min_memory: pref_address
+            .max(layout::HIGH_MEMORY_START)
+            .saturating_add(init_size),
     })
 }
 
@@ -231,7 +246,9 @@ fn probe_elf(path: &Path, file: &mut File, len: u64) -> Result<KernelInfo> {
         reason,
     };
     if got < 64 {
-        return Err(truncated(format!("ELF header needs 64 bytes, the file has {got}")));
+        return Err(truncated(format!(
+            "ELF header needs 64 bytes, the file has {got}"
+        )));
     }
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
     let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
@@ -286,7 +303,11 @@ fn probe_elf(path: &Path, file: &mut File, len: u64) -> Result<KernelInfo> {
     }
     Ok(KernelInfo {
         path: path.to_owned(),
-        format: if pvh { KernelFormat::ElfPvh } else { KernelFormat::Elf64 },
+        format: if pvh {
+            KernelFormat::ElfPvh
+        } else {
+            KernelFormat::Elf64
+        },
         cmdline_max: layout::CMDLINE_MAX_SIZE - 1,
         initrd_limit: layout::MMIO_HOLE_START,
         min_memory: 0,
@@ -566,7 +587,9 @@ fn write_pvh_start_info<M: GuestMemoryBackend>(
     let memmap_addr = modlist_addr + std::mem::size_of::<hvm_modlist_entry>() as u64;
     let memmap_bytes = (e820.len() * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
     if memmap_addr + memmap_bytes > layout::PVH_INFO_START + layout::PVH_INFO_SIZE {
-        return Err(BootError::Write("PVH memory map does not fit its page".into()));
+        return Err(BootError::Write(
+            "PVH memory map does not fit its page".into(),
+        ));
     }
     let start_info = hvm_start_info {
         magic: PVH_START_MAGIC,

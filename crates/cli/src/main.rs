@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use vireo_vmm::cli::RunArgs;
 
 #[derive(Parser)]
-#[command(name = "vireo", version, about = "vireo: run and manage KVM virtual machines")]
+#[command(
+    name = "vireo",
+    version,
+    about = "vireo: run and manage KVM virtual machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -85,7 +85,10 @@ fn bzimage_with_too_old_boot_protocol() {
     let dir = TempDir::new("oldbz");
     let p = dir.path("bzImage");
     write_file(&p, &fake_bzimage(0x0204, 0, 0x2000));
-    assert_rejected(&["--kernel", p.to_str().unwrap()], "boot protocol 2.04 is older");
+    assert_rejected(
+        &["--kernel", p.to_str().unwrap()],
+        "boot protocol 2.04 is older",
+    );
 }
 
 #[test]
@@ -101,7 +104,10 @@ fn truncated_elf() {
 
 #[test]
 fn zero_memory() {
-    assert_rejected(&["--kernel", test_guest(), "--memory", "0"], "--memory must be at least");
+    assert_rejected(
+        &["--kernel", test_guest(), "--memory", "0"],
+        "--memory must be at least",
+    );
 }
 
 #[test]
@@ -114,17 +120,26 @@ fn memory_larger_than_host() {
 
 #[test]
 fn malformed_memory_size() {
-    assert_rejected(&["--kernel", test_guest(), "--memory", "lots"], "invalid size 'lots'");
+    assert_rejected(
+        &["--kernel", test_guest(), "--memory", "lots"],
+        "invalid size 'lots'",
+    );
 }
 
 #[test]
 fn zero_cpus() {
-    assert_rejected(&["--kernel", test_guest(), "--cpus", "0"], "--cpus must be at least 1");
+    assert_rejected(
+        &["--kernel", test_guest(), "--cpus", "0"],
+        "--cpus must be at least 1",
+    );
 }
 
 #[test]
 fn too_many_cpus() {
-    assert_rejected(&["--kernel", test_guest(), "--cpus", "100000"], "--cpus 100000 is above the limit");
+    assert_rejected(
+        &["--kernel", test_guest(), "--cpus", "100000"],
+        "--cpus 100000 is above the limit",
+    );
 }
 
 #[test]
@@ -138,7 +153,10 @@ fn command_line_too_long() {
 
 #[test]
 fn unknown_cpu_template() {
-    assert_rejected(&["--kernel", test_guest(), "--cpu-template", "fancy"], "unknown CPU template 'fancy'");
+    assert_rejected(
+        &["--kernel", test_guest(), "--cpu-template", "fancy"],
+        "unknown CPU template 'fancy'",
+    );
 }
 
 #[test]
@@ -151,7 +169,10 @@ fn missing_initrd() {
 
 #[test]
 fn unknown_console() {
-    assert_rejected(&["--kernel", test_guest(), "--console", "pty"], "unknown console 'pty'");
+    assert_rejected(
+        &["--kernel", test_guest(), "--console", "pty"],
+        "unknown console 'pty'",
+    );
 }
 
 #[test]
@@ -182,12 +203,22 @@ fn no_access_to_dev_kvm() {
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&guest, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cmd = std::process::Command::new(common::vireo());
-    cmd.args(["run", "--kernel", guest.to_str().unwrap(), "--memory", "16M"]);
+    cmd.args([
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--memory",
+        "16M",
+    ]);
     use std::os::unix::process::CommandExt;
     cmd.uid(65534).gid(65534);
     let r = common::run_command(&mut cmd, Duration::from_secs(30));
     assert_ne!(r.code(), Some(0), "{}", r.describe());
-    assert!(r.stderr.contains("cannot open /dev/kvm"), "{}", r.describe());
+    assert!(
+        r.stderr.contains("cannot open /dev/kvm"),
+        "{}",
+        r.describe()
+    );
     assert!(r.stderr.contains("Permission denied"), "{}", r.describe());
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.describe());
 }

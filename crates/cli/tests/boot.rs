@@ -22,7 +22,9 @@ fn boot(args: &[&str], cmdline: &str) -> Run {
 
 fn assert_passed(r: &Run) {
     assert!(
-        r.guest_lines().iter().any(|l| *l == "result PASS" || l.starts_with("result PASS ")),
+        r.guest_lines()
+            .iter()
+            .any(|l| *l == "result PASS" || l.starts_with("result PASS ")),
         "guest checks failed:\n{}",
         r.describe()
     );
@@ -36,13 +38,22 @@ fn boots_and_powers_off_with_status_zero() {
     let cmdline = "console=ttyS0 vtg.action=poweroff some.flag=\"quoted value\" x=1";
     let r = boot(&["--memory", "64M", "--cpus", "1"], cmdline);
     assert_eq!(r.code(), Some(0), "{}", r.describe());
-    assert!(r.stdout.starts_with('@'), "first guest output byte: {}", r.describe());
+    assert!(
+        r.stdout.starts_with('@'),
+        "first guest output byte: {}",
+        r.describe()
+    );
     assert_passed(&r);
     let lines = r.guest_lines();
-    assert!(lines.contains(&format!("cmdline={cmdline}").as_str()), "{}", r.describe());
+    assert!(
+        lines.contains(&format!("cmdline={cmdline}").as_str()),
+        "{}",
+        r.describe()
+    );
     assert_eq!(r.guest_field("start_info", "magic").as_deref(), Some("ok"));
     assert_eq!(
-        r.guest_field("ram_total", "ram_total").map(|v| v.parse::<u64>().unwrap()),
+        r.guest_field("ram_total", "ram_total")
+            .map(|v| v.parse::<u64>().unwrap()),
         Some(expected_ram(64 << 20)),
         "{}",
         r.describe()
@@ -66,7 +77,12 @@ fn all_vcpus_come_up_with_a_consistent_topology() {
         assert_eq!(r.code(), Some(0), "{}", r.describe());
         assert_passed(&r);
         let n = cpus.to_string();
-        assert_eq!(r.guest_field("acpi", "madt_cpus"), Some(n.clone()), "{}", r.describe());
+        assert_eq!(
+            r.guest_field("acpi", "madt_cpus"),
+            Some(n.clone()),
+            "{}",
+            r.describe()
+        );
         assert_eq!(
             r.guest_field("smp", "cpus_up"),
             Some(format!("{cpus}/{cpus}")),
@@ -90,7 +106,8 @@ fn memory_above_the_4g_hole_is_usable() {
     assert_eq!(r.code(), Some(0), "{}", r.describe());
     assert_passed(&r);
     assert_eq!(
-        r.guest_field("ram_total", "ram_total").map(|v| v.parse::<u64>().unwrap()),
+        r.guest_field("ram_total", "ram_total")
+            .map(|v| v.parse::<u64>().unwrap()),
         Some(expected_ram(memory))
     );
     let lines = r.guest_lines();
@@ -99,7 +116,11 @@ fn memory_above_the_4g_hole_is_usable() {
         "no e820 RAM entry at 4 GiB:\n{}",
         r.describe()
     );
-    assert!(lines.iter().any(|l| l.starts_with("ram_probe ok")), "{}", r.describe());
+    assert!(
+        lines.iter().any(|l| l.starts_with("ram_probe ok")),
+        "{}",
+        r.describe()
+    );
 }
 
 #[test]
@@ -112,7 +133,11 @@ fn timer_interrupts_and_rtc_reach_the_guest() {
     // Both timer paths: the local APIC timer and the PIT through the 8259 in virtual-wire
     // mode (LINT0 = ExtINT, set up by vireo).
     let ticks: u32 = r.guest_field("timer", "ticks").unwrap().parse().unwrap();
-    let pit: u32 = r.guest_field("timer", "pit_ticks").unwrap().parse().unwrap();
+    let pit: u32 = r
+        .guest_field("timer", "pit_ticks")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(ticks >= 10 && pit >= 10, "{}", r.describe());
     // The guest's CMOS clock shows the host's UTC date and time (within a minute).
     let rtc = r
@@ -131,9 +156,16 @@ fn timer_interrupts_and_rtc_reach_the_guest() {
             .args(["-u", "-d", s, "+%s"])
             .output()
             .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     };
-    assert!((to_secs(&rtc) - to_secs(host.trim())).abs() <= 60, "guest rtc {rtc}, host {host}");
+    assert!(
+        (to_secs(&rtc) - to_secs(host.trim())).abs() <= 60,
+        "guest rtc {rtc}, host {host}"
+    );
 }
 
 #[test]
@@ -144,7 +176,11 @@ fn reboot_restarts_the_guest_and_cmos_survives() {
     // First boot resets (counter 0 in CMOS NVRAM); second boot sees counter 1 and powers off.
     let r = boot(&["--memory", "32M"], "console=ttyS0 vtg.action=reboot-once");
     assert_eq!(r.code(), Some(0), "{}", r.describe());
-    let boots: Vec<&str> = r.guest_lines().into_iter().filter(|l| l.starts_with("boot ")).collect();
+    let boots: Vec<&str> = r
+        .guest_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("boot "))
+        .collect();
     assert_eq!(boots, ["boot 0", "boot 1"], "{}", r.describe());
 }
 
@@ -159,9 +195,15 @@ fn no_reboot_exits_on_reset() {
             &format!("console=ttyS0 vtg.action={action}"),
         );
         assert_eq!(r.code(), Some(0), "{action}: {}", r.describe());
-        let boots = r.guest_lines().into_iter().filter(|l| l.starts_with("boot ")).count();
+        let boots = r
+            .guest_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("boot "))
+            .count();
         assert_eq!(boots, 1, "{action}: {}", r.describe());
-        assert!(r.guest_lines().contains(&format!("action {action}").as_str()));
+        assert!(r
+            .guest_lines()
+            .contains(&format!("action {action}").as_str()));
     }
 }
 
@@ -170,9 +212,17 @@ fn triple_fault_is_reported_with_registers() {
     if !kvm_or_skip("triple_fault_is_reported_with_registers") {
         return;
     }
-    let r = boot(&["--memory", "32M"], "console=ttyS0 vtg.action=triple-fault");
+    let r = boot(
+        &["--memory", "32M"],
+        "console=ttyS0 vtg.action=triple-fault",
+    );
     assert_eq!(r.code(), Some(1), "{}", r.describe());
-    assert!(r.stderr.contains("vireo: error: the guest failed on vCPU 0"), "{}", r.describe());
+    assert!(
+        r.stderr
+            .contains("vireo: error: the guest failed on vCPU 0"),
+        "{}",
+        r.describe()
+    );
     assert!(r.stderr.contains("triple fault"), "{}", r.describe());
     assert!(r.stderr.contains("RIP="), "{}", r.describe());
     assert!(r.stderr.contains("CR0="), "{}", r.describe());
@@ -209,8 +259,14 @@ fn sigint_stops_the_vm_cleanly() {
         if out.contains("vtg: action halt") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "guest never halted: {out}");
-        assert!(child.try_wait().unwrap().is_none(), "vireo exited early: {out}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "guest never halted: {out}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "vireo exited early: {out}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: kill has no memory-safety preconditions.
@@ -245,7 +301,11 @@ fn console_file_and_baseline_template() {
         TIMEOUT,
     );
     assert_eq!(r.code(), Some(0), "{}", r.describe());
-    assert!(r.stdout.is_empty(), "console went to stdout: {}", r.describe());
+    assert!(
+        r.stdout.is_empty(),
+        "console went to stdout: {}",
+        r.describe()
+    );
     let out = std::fs::read_to_string(&console).unwrap();
     assert!(out.contains("vtg: result PASS"), "{out}");
     // The baseline template hides CX16, POPCNT, XSAVE, OSXSAVE, AVX and all of leaf 7 --
@@ -253,14 +313,29 @@ fn console_file_and_baseline_template() {
     // natively and reports the physical CPU's features instead; vireo warns about that.
     let cpuid = out.lines().find(|l| l.contains("vtg: cpuid")).unwrap_or("");
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        assert!(r.stderr.contains("the `baseline` CPU template cannot hide those features here"), "{}", r.describe());
+        assert!(
+            r.stderr
+                .contains("the `baseline` CPU template cannot hide those features here"),
+            "{}",
+            r.describe()
+        );
         eprintln!("NOTE console_file_and_baseline_template: PVM host overrides CPUID; feature masking not asserted");
         return;
     }
-    let ecx = u32::from_str_radix(common::field(cpuid, "leaf1_ecx").unwrap().trim_start_matches("0x"), 16).unwrap();
+    let ecx = u32::from_str_radix(
+        common::field(cpuid, "leaf1_ecx")
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
     for bit in [13, 23, 26, 27, 28] {
         assert_eq!(ecx & (1 << bit), 0, "leaf 1 ECX bit {bit} visible: {cpuid}");
     }
     assert_ne!(ecx & (1 << 31), 0, "hypervisor bit: {cpuid}");
-    assert_eq!(common::field(cpuid, "leaf7_ebx").as_deref(), Some("0x0"), "{cpuid}");
+    assert_eq!(
+        common::field(cpuid, "leaf7_ebx").as_deref(),
+        Some("0x0"),
+        "{cpuid}"
+    );
 }

@@ -35,7 +35,8 @@ pub enum BusError {
     },
 }
 
-type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+/// A device as the buses hold it: shared between vCPU threads and the VMM.
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
 /// A set of devices keyed by the address ranges they decode.
 #[derive(Default, Clone)]

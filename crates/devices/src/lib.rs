@@ -11,5 +11,5 @@ pub mod bus;
 pub mod legacy;
 pub mod power;
 
-pub use bus::{Bus, BusDevice, BusError};
+pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use power::{PowerEvents, PowerRequest};

@@ -77,7 +77,7 @@ const E1_ECX_TBM: u32 = 1 << 21;
 pub const DYNAMIC_LEAF1_ECX: u32 = L1_ECX_OSXSAVE;
 
 /// Leaves removed entirely by the baseline template (XSAVE state, SGX, PT, AMX, ...).
-const BASELINE_REMOVED_LEAVES: &[u32] = &[0x12, 0x14, 0x19, 0x1d, 0x1e, 0x24];
+const BASELINE_REMOVED_LEAVES: &[u32] = &[0xd, 0x12, 0x14, 0x19, 0x1d, 0x1e, 0x24];
 
 /// Brand string used when the host's CPUID does not provide one.
 const DEFAULT_BRAND: &str = "vireo virtual CPU";
@@ -108,7 +108,11 @@ pub fn to_kvm_cpuid(entries: &[kvm_cpuid_entry2]) -> CpuId {
     CpuId::from_entries(entries).expect("CPUID entry count bounded by KVM's own list")
 }
 
-fn leaf_mut(entries: &mut [kvm_cpuid_entry2], function: u32, index: u32) -> Option<&mut kvm_cpuid_entry2> {
+fn leaf_mut(
+    entries: &mut [kvm_cpuid_entry2],
+    function: u32,
+    index: u32,
+) -> Option<&mut kvm_cpuid_entry2> {
     entries
         .iter_mut()
         .find(|e| e.function == function && e.index == index)
@@ -156,7 +160,12 @@ fn apply_baseline(entries: &mut Vec<kvm_cpuid_entry2>) {
         }
     }
     if let Some(e) = leaf_mut(entries, 0x8000_0001, 0) {
-        e.ecx &= !(E1_ECX_ABM | E1_ECX_SSE4A | E1_ECX_MISALIGNSSE | E1_ECX_XOP | E1_ECX_FMA4 | E1_ECX_TBM);
+        e.ecx &= !(E1_ECX_ABM
+            | E1_ECX_SSE4A
+            | E1_ECX_MISALIGNSSE
+            | E1_ECX_XOP
+            | E1_ECX_FMA4
+            | E1_ECX_TBM);
     }
 }
 
@@ -258,7 +267,13 @@ fn ensure_brand(entries: &mut Vec<kvm_cpuid_entry2>) {
     let mut bytes = [0u8; 48];
     bytes[..DEFAULT_BRAND.len()].copy_from_slice(DEFAULT_BRAND.as_bytes());
     for (i, function) in (0x8000_0002..=0x8000_0004u32).enumerate() {
-        let word = |k: usize| u32::from_le_bytes(bytes[i * 16 + k * 4..i * 16 + k * 4 + 4].try_into().unwrap());
+        let word = |k: usize| {
+            u32::from_le_bytes(
+                bytes[i * 16 + k * 4..i * 16 + k * 4 + 4]
+                    .try_into()
+                    .unwrap(),
+            )
+        };
         entries.retain(|e| e.function != function);
         entries.push(kvm_cpuid_entry2 {
             function,
@@ -309,7 +324,11 @@ mod tests {
         let w = |i: usize| u32::from_le_bytes(vendor[i..i + 4].try_into().unwrap());
         vec![
             entry(0, 0, [0x1f, w(0), w(8), w(4)]),
-            entry(1, 0, [0x806f8, 0x0000_0800, 0xffff_ffff & !L1_ECX_HYPERVISOR, 0x178b_fbff]),
+            entry(
+                1,
+                0,
+                [0x806f8, 0x0000_0800, !L1_ECX_HYPERVISOR, 0x178b_fbff],
+            ),
             entry(4, 0, [0x121, 0, 0, 0]),
             entry(4, 3, [0x163, 0, 0, 0]),
             entry(7, 0, [0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff]),
@@ -363,7 +382,13 @@ mod tests {
         let host = fake_host(b"AuthenticAMD");
         let c = vcpu_cpuid(&host, CpuTemplate::Baseline, 0, 1, true);
         let l1 = leaf(&c, 1, 0).unwrap();
-        for bit in [L1_ECX_CX16, L1_ECX_XSAVE, L1_ECX_OSXSAVE, L1_ECX_AVX, L1_ECX_POPCNT] {
+        for bit in [
+            L1_ECX_CX16,
+            L1_ECX_XSAVE,
+            L1_ECX_OSXSAVE,
+            L1_ECX_AVX,
+            L1_ECX_POPCNT,
+        ] {
             assert_eq!(l1.ecx & bit, 0, "bit {bit:#x}");
         }
         assert!(l1.ecx & 1 != 0, "SSE3 kept");
@@ -386,6 +411,9 @@ mod tests {
     #[test]
     fn template_names_parse() {
         assert_eq!("baseline".parse::<CpuTemplate>(), Ok(CpuTemplate::Baseline));
-        assert!("fancy".parse::<CpuTemplate>().unwrap_err().contains("unknown CPU template"));
+        assert!("fancy"
+            .parse::<CpuTemplate>()
+            .unwrap_err()
+            .contains("unknown CPU template"));
     }
 }

@@ -1,6 +1,6 @@
 //! A vCPU's architectural state at power-on, and register dumps for failure reports.
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, Msrs, kvm_msr_entry};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vireo_boot::{layout, BootEntry};
 use vm_memory::{Bytes, GuestAddress};
@@ -109,9 +109,12 @@ impl Vcpu {
             return;
         };
         for (function, reg) in [(1u32, "ECX"), (7, "EBX")] {
-            let pick = |e: &kvm_bindings::kvm_cpuid_entry2| if function == 1 { e.ecx } else { e.ebx };
+            let pick =
+                |e: &kvm_bindings::kvm_cpuid_entry2| if function == 1 { e.ecx } else { e.ebx };
             let find = |list: &[kvm_bindings::kvm_cpuid_entry2]| {
-                list.iter().find(|e| e.function == function && e.index == 0).map(pick)
+                list.iter()
+                    .find(|e| e.function == function && e.index == 0)
+                    .map(pick)
             };
             let (Some(wanted), Some(got)) = (find(set), find(effective.as_slice())) else {
                 continue;
@@ -123,7 +126,9 @@ impl Vcpu {
                     "this host's KVM overrides CPUID leaf {function:#x} {reg} (vireo set {wanted:#010x}, the guest sees {got:#010x})"
                 );
                 if template == CpuTemplate::Baseline {
-                    log::warn!("{msg}: the `baseline` CPU template cannot hide those features here");
+                    log::warn!(
+                        "{msg}: the `baseline` CPU template cannot hide those features here"
+                    );
                 } else {
                     log::debug!("{msg}");
                 }
@@ -174,7 +179,8 @@ impl Vcpu {
         let mut lapic = self.fd.get_lapic().map_err(kvm_op("KVM_GET_LAPIC"))?;
         let mut update = |offset: usize, f: &dyn Fn(u32) -> u32| {
             let regs = &mut lapic.regs[offset..offset + 4];
-            let v = u32::from_le_bytes([regs[0] as u8, regs[1] as u8, regs[2] as u8, regs[3] as u8]);
+            let v =
+                u32::from_le_bytes([regs[0] as u8, regs[1] as u8, regs[2] as u8, regs[3] as u8]);
             for (dst, src) in regs.iter_mut().zip(f(v).to_le_bytes()) {
                 *dst = src as _;
             }
@@ -244,8 +250,24 @@ pub fn format_registers(r: &kvm_regs, s: Option<&kvm_sregs>) -> String {
          RSI={:016x} RDI={:016x} RBP={:016x}\n\
          R8 ={:016x} R9 ={:016x} R10={:016x} R11={:016x}\n\
          R12={:016x} R13={:016x} R14={:016x} R15={:016x}",
-        r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9,
-        r.r10, r.r11, r.r12, r.r13, r.r14, r.r15
+        r.rip,
+        r.rsp,
+        r.rflags,
+        r.rax,
+        r.rbx,
+        r.rcx,
+        r.rdx,
+        r.rsi,
+        r.rdi,
+        r.rbp,
+        r.r8,
+        r.r9,
+        r.r10,
+        r.r11,
+        r.r12,
+        r.r13,
+        r.r14,
+        r.r15
     );
     if let Some(s) = s {
         let seg = |name: &str, g: &kvm_segment| {
@@ -284,13 +306,17 @@ fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The kvm_segment KVM expects for a descriptor at GDT index `index`.
 fn segment_from_gdt(entry: u64, index: u16) -> kvm_segment {
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let granularity = ((entry >> 55) & 1) as u8;
     kvm_segment {
         base,
         // With 4 KiB granularity the limit counts pages; KVM wants bytes.
-        limit: if granularity == 1 { (limit << 12) | 0xfff } else { limit },
+        limit: if granularity == 1 {
+            (limit << 12) | 0xfff
+        } else {
+            limit
+        },
         selector: index * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
@@ -359,10 +385,19 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_flat_segments() {
         let code64 = segment_from_gdt(gdt_entry(0xa09b, 0, 0xfffff), 1);
-        assert_eq!((code64.selector, code64.l, code64.db, code64.dpl), (8, 1, 0, 0));
-        assert_eq!((code64.base, code64.limit, code64.type_), (0, 0xffff_ffff, 0xb));
+        assert_eq!(
+            (code64.selector, code64.l, code64.db, code64.dpl),
+            (8, 1, 0, 0)
+        );
+        assert_eq!(
+            (code64.base, code64.limit, code64.type_),
+            (0, 0xffff_ffff, 0xb)
+        );
         let code32 = segment_from_gdt(gdt_entry(0xc09b, 0, 0xfffff), 1);
-        assert_eq!((code32.l, code32.db, code32.present, code32.s), (0, 1, 1, 1));
+        assert_eq!(
+            (code32.l, code32.db, code32.present, code32.s),
+            (0, 1, 1, 1)
+        );
         let data = segment_from_gdt(gdt_entry(0xc093, 0, 0xfffff), 2);
         assert_eq!((data.selector, data.type_, data.unusable), (0x10, 3, 0));
         let tss = segment_from_gdt(gdt_entry(0x808b, 0, 0xfffff), 3);
@@ -375,13 +410,18 @@ mod tests {
         write_identity_page_tables(&mem).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(layout::PML4_START)).unwrap();
         assert_eq!(pml4 & !0xfff, layout::PDPTE_START);
-        let last: u64 = mem.read_obj(GuestAddress(layout::PDE_START + 511 * 8)).unwrap();
+        let last: u64 = mem
+            .read_obj(GuestAddress(layout::PDE_START + 511 * 8))
+            .unwrap();
         assert_eq!(last, (511 << 21) | 0x83);
     }
 
     #[test]
     fn register_dump_names_rip() {
-        let r = kvm_regs { rip: 0x1234, ..Default::default() };
+        let r = kvm_regs {
+            rip: 0x1234,
+            ..Default::default()
+        };
         assert!(format_registers(&r, Some(&kvm_sregs::default())).contains("RIP=0000000000001234"));
     }
 }

@@ -59,19 +59,29 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, suffix) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("invalid size '{s}': expected a number such as 512M or 2G"));
+        return Err(format!(
+            "invalid size '{s}': expected a number such as 512M or 2G"
+        ));
     }
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid size '{s}': number too large"))?;
-    let unit: u64 = match suffix.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let unit: u64 = match suffix
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" if suffix.is_empty() => 1 << 20,
         "" => 1, // "B": bytes
         "K" => 1 << 10,
         "M" => 1 << 20,
         "G" => 1 << 30,
         "T" => 1 << 40,
-        _ => return Err(format!("invalid size '{s}': unknown unit '{suffix}' (use K, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "invalid size '{s}': unknown unit '{suffix}' (use K, M, G or T)"
+            ))
+        }
     };
     n.checked_mul(unit)
         .ok_or_else(|| format!("invalid size '{s}': too large"))
@@ -126,9 +136,15 @@ impl VmConfig {
             return Err(ConfigError::NoCpus);
         }
         let (limit, why) = if kvm_max_vcpus < MAX_XAPIC_CPUS {
-            (kvm_max_vcpus, format!("KVM allows {kvm_max_vcpus} vCPUs per VM"))
+            (
+                kvm_max_vcpus,
+                format!("KVM allows {kvm_max_vcpus} vCPUs per VM"),
+            )
         } else {
-            (MAX_XAPIC_CPUS, "vireo's xAPIC topology has 8-bit APIC IDs".to_string())
+            (
+                MAX_XAPIC_CPUS,
+                "vireo's xAPIC topology has 8-bit APIC IDs".to_string(),
+            )
         };
         if self.cpus > limit {
             return Err(ConfigError::TooManyCpus {
@@ -168,7 +184,9 @@ mod tests {
         assert_eq!(parse_size("1k"), Ok(1024));
         assert!(parse_size("").unwrap_err().contains("expected a number"));
         assert!(parse_size("12Q").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
         assert_eq!(format_size(512 << 20), "512 MiB");
         assert_eq!(format_size(3 << 29), "1.5 GiB");
     }
@@ -176,24 +194,60 @@ mod tests {
     #[test]
     fn console_parses() {
         assert_eq!("stdio".parse(), Ok(ConsoleConfig::Stdio));
-        assert_eq!("file:/tmp/x".parse(), Ok(ConsoleConfig::File("/tmp/x".into())));
+        assert_eq!(
+            "file:/tmp/x".parse(),
+            Ok(ConsoleConfig::File("/tmp/x".into()))
+        );
         assert!("file:".parse::<ConsoleConfig>().is_err());
-        assert!("pty".parse::<ConsoleConfig>().unwrap_err().contains("unknown console"));
+        assert!("pty"
+            .parse::<ConsoleConfig>()
+            .unwrap_err()
+            .contains("unknown console"));
     }
 
     #[test]
     fn validation_names_the_flag() {
         let host = 8 << 30;
         assert_eq!(config().validate(host, 1024), Ok(()));
-        let e = VmConfig { memory: 0, ..config() }.validate(host, 1024).unwrap_err();
+        let e = VmConfig {
+            memory: 0,
+            ..config()
+        }
+        .validate(host, 1024)
+        .unwrap_err();
         assert_eq!(e.to_string(), "--memory must be at least 8 MiB (got 0 B)");
-        let e = VmConfig { memory: 16 << 30, ..config() }.validate(host, 1024).unwrap_err();
-        assert_eq!(e.to_string(), "--memory 16 GiB is more than this host's 8 GiB of RAM");
-        let e = VmConfig { cpus: 0, ..config() }.validate(host, 1024).unwrap_err();
+        let e = VmConfig {
+            memory: 16 << 30,
+            ..config()
+        }
+        .validate(host, 1024)
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--memory 16 GiB is more than this host's 8 GiB of RAM"
+        );
+        let e = VmConfig {
+            cpus: 0,
+            ..config()
+        }
+        .validate(host, 1024)
+        .unwrap_err();
         assert_eq!(e, ConfigError::NoCpus);
-        let e = VmConfig { cpus: 300, ..config() }.validate(host, 1024).unwrap_err();
-        assert!(e.to_string().starts_with("--cpus 300 is above the limit of 255"));
-        let e = VmConfig { cpus: 3, ..config() }.validate(host, 2).unwrap_err();
+        let e = VmConfig {
+            cpus: 300,
+            ..config()
+        }
+        .validate(host, 1024)
+        .unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("--cpus 300 is above the limit of 255"));
+        let e = VmConfig {
+            cpus: 3,
+            ..config()
+        }
+        .validate(host, 2)
+        .unwrap_err();
         assert!(e.to_string().contains("KVM allows 2"));
     }
 

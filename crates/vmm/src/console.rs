@@ -21,7 +21,9 @@ impl ConsoleOutput {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("console file {}: {e}", path.display())))?,
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("console file {}: {e}", path.display()))
+                    })?,
             ),
         };
         Ok(Self(Arc::new(Mutex::new(sink))))

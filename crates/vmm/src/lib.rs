@@ -96,7 +96,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmmError> {
         })?;
     }
     let kvm = open_kvm()?;
-    config.validate(host_memory_bytes(), max_vcpus(&kvm).try_into().unwrap_or(u32::MAX))?;
+    config.validate(
+        host_memory_bytes(),
+        max_vcpus(&kvm).try_into().unwrap_or(u32::MAX),
+    )?;
 
     signals::install_vcpu_kick_handler()?;
     // Block stop signals before any vCPU thread exists so that only the signalfd sees them.
@@ -132,7 +135,13 @@ fn event_loop(
     mut stdin_open: bool,
 ) -> Result<Event, VmmError> {
     let epoll = Epoll::new()?;
-    let add = |fd: i32, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
+    let add = |fd: i32, token: u64| {
+        epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        )
+    };
     add(platform.power.eventfd().as_raw_fd(), TOKEN_POWER)?;
     add(vm.shared.failed.as_raw_fd(), TOKEN_FAILURE)?;
     add(stop_signals.as_raw_fd(), TOKEN_SIGNAL)?;
@@ -147,7 +156,13 @@ fn event_loop(
         if let Some(req) = platform.power.pending() {
             return Ok(Event::Power(req));
         }
-        if let Some(f) = vm.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(f) = vm
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             return Ok(Event::Failure(f));
         }
         let timeout = if pending.is_empty() { -1 } else { 10 };
@@ -211,7 +226,9 @@ pub fn run_and_report(config: &VmConfig) -> std::process::ExitCode {
     match run(config) {
         Ok(outcome) => {
             match outcome {
-                Outcome::Signal(sig) => eprintln!("vireo: {} received; VM stopped", signals::signal_name(sig)),
+                Outcome::Signal(sig) => {
+                    eprintln!("vireo: {} received; VM stopped", signals::signal_name(sig))
+                }
                 Outcome::Reset => log::info!("guest reset; exiting (--no-reboot)"),
                 Outcome::Poweroff => log::info!("guest powered off"),
             }
@@ -235,7 +252,11 @@ pub mod logging {
         }
         fn log(&self, record: &log::Record) {
             if self.enabled(record.metadata()) {
-                eprintln!("vireo: {}: {}", record.level().as_str().to_lowercase(), record.args());
+                eprintln!(
+                    "vireo: {}: {}",
+                    record.level().as_str().to_lowercase(),
+                    record.args()
+                );
             }
         }
         fn flush(&self) {}

@@ -6,7 +6,11 @@ use clap::Parser;
 use vireo_vmm::cli::RunArgs;
 
 #[derive(Parser)]
-#[command(name = "vireo-vmm", version, about = "The vireo virtual machine monitor: one VM per process")]
+#[command(
+    name = "vireo-vmm",
+    version,
+    about = "The vireo virtual machine monitor: one VM per process"
+)]
 struct Args {
     #[command(flatten)]
     run: RunArgs,

@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
-};
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::VcpuExit;
 use vireo_devices::{Bus, PowerEvents, PowerRequest};
 use vireo_hypervisor::Vcpu;
@@ -63,7 +61,11 @@ fn run(vcpu: &mut Vcpu, shared: &VcpuShared) {
     run_loop(vcpu, shared);
     // Where each vCPU was when the VM stopped: the first thing to look at when a guest hangs.
     if log::log_enabled!(log::Level::Debug) {
-        log::debug!("vCPU {} stopped at:\n{}", vcpu.index(), vcpu.dump_registers());
+        log::debug!(
+            "vCPU {} stopped at:\n{}",
+            vcpu.index(),
+            vcpu.dump_registers()
+        );
     }
 }
 
@@ -138,7 +140,10 @@ fn internal_error(vcpu: &mut Vcpu) -> String {
         _ => "unknown sub-error",
     };
     let n = (internal.ndata as usize).min(internal.data.len());
-    let data: Vec<String> = internal.data[..n].iter().map(|d| format!("{d:#x}")).collect();
+    let data: Vec<String> = internal.data[..n]
+        .iter()
+        .map(|d| format!("{d:#x}"))
+        .collect();
     format!(
         "KVM internal error {} ({what}); data [{}]",
         internal.suberror,

@@ -16,7 +16,7 @@ use vireo_devices::legacy::ged::GedDevice;
 use vireo_devices::legacy::i8042::I8042Device;
 use vireo_devices::legacy::post_code::PostCode;
 use vireo_devices::legacy::serial::SerialDevice;
-use vireo_devices::{Bus, PowerEvents};
+use vireo_devices::{Bus, PowerEvents, SharedDevice};
 use vireo_hypervisor::memory::create_guest_memory;
 use vireo_hypervisor::{GuestMemoryMmap, Vcpu, Vm};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -96,7 +96,7 @@ pub fn build(
     vm.register_irqfd(ged.irq_evt(), irqs::ACPI_GED)?;
     let ged = Arc::new(Mutex::new(ged));
     let port = u64::from;
-    let inserts: [(Arc<Mutex<dyn vireo_devices::BusDevice>>, u64, u64); 6] = [
+    let inserts: [(SharedDevice, u64, u64); 6] = [
         (serial.clone(), port(ports::SERIAL_COM1), 8),
         (i8042.clone(), port(ports::I8042_DATA), 1),
         (i8042, port(ports::I8042_COMMAND), 1),
@@ -110,7 +110,11 @@ pub fn build(
             .map_err(|e| VmmError::Device(e.to_string()))?;
     }
     mmio_bus
-        .insert(ged.clone(), layout::ACPI_GED_MMIO_START, layout::ACPI_GED_MMIO_SIZE)
+        .insert(
+            ged.clone(),
+            layout::ACPI_GED_MMIO_START,
+            layout::ACPI_GED_MMIO_SIZE,
+        )
         .map_err(|e| VmmError::Device(e.to_string()))?;
 
     // vCPUs: all created and configured before any runs, so that the boot vCPU can start

@@ -19,7 +19,11 @@ pub fn test_guest() -> &'static str {
 /// Whether KVM tests can run here; if not, either skips (returns false, printing why) or,
 /// with VIREO_REQUIRE_KVM=1, fails the test.
 pub fn kvm_or_skip(test: &str) -> bool {
-    let reason = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    let reason = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => return true,
         Err(e) => format!("/dev/kvm is not usable: {e}"),
     };
@@ -50,7 +54,10 @@ impl Run {
     }
     /// The value of `key=` in the first guest line starting with `prefix`.
     pub fn guest_field(&self, prefix: &str, key: &str) -> Option<String> {
-        let line = self.guest_lines().into_iter().find(|l| l.starts_with(prefix))?;
+        let line = self
+            .guest_lines()
+            .into_iter()
+            .find(|l| l.starts_with(prefix))?;
         field(line, key)
     }
     pub fn describe(&self) -> String {
