@@ -339,3 +339,118 @@ fn console_file_and_baseline_template() {
         "{cpuid}"
     );
 }
+
+/// FNV-1a 64, as the test guest computes it over the initrd it was given.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[test]
+fn every_kernel_format_boots_with_its_initrd() {
+    if !kvm_or_skip("every_kernel_format_boots_with_its_initrd") {
+        return;
+    }
+    let dir = TempDir::new("initrd");
+    let initrd = dir.path("initrd.img");
+    // 300 KB of deterministic, non-repeating bytes.
+    let bytes: Vec<u8> = (0u32..300_000)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&initrd, &bytes).unwrap();
+    let expected = format!("{:#x}", fnv1a(&bytes));
+    let memory = 64u64 << 20;
+    for (kernel, entry) in [
+        (vireo_test_guest::PATH, "pvh"),
+        (vireo_test_guest::NOPVH_ELF_PATH, "linux64"),
+        (vireo_test_guest::BZIMAGE_PATH, "linux64"),
+    ] {
+        let cmdline = format!("console=ttyS0 vtg.action=poweroff kernel={entry}");
+        let r = run_vireo(
+            &[
+                "run",
+                "--kernel",
+                kernel,
+                "--initrd",
+                initrd.to_str().unwrap(),
+                "--memory",
+                "64M",
+                "--cpus",
+                "2",
+                "--cmdline",
+                &cmdline,
+            ],
+            TIMEOUT,
+        );
+        assert_eq!(r.code(), Some(0), "{kernel}: {}", r.describe());
+        assert_passed(&r);
+        assert_eq!(
+            r.guest_field("start_info", "entry").as_deref(),
+            Some(entry),
+            "{kernel}"
+        );
+        assert_eq!(
+            r.guest_field("initrd", "size"),
+            Some(bytes.len().to_string()),
+            "{kernel}"
+        );
+        assert_eq!(
+            r.guest_field("initrd", "fnv"),
+            Some(expected.clone()),
+            "{kernel}: {}",
+            r.describe()
+        );
+        // Placed page-aligned at the top of RAM below the MMIO hole.
+        let addr = u64::from_str_radix(
+            r.guest_field("initrd", "addr")
+                .unwrap()
+                .trim_start_matches("0x"),
+            16,
+        )
+        .unwrap();
+        assert_eq!(addr % 4096, 0);
+        assert_eq!(addr, (memory - bytes.len() as u64) & !0xfff, "{kernel}");
+        assert!(
+            r.guest_lines()
+                .contains(&format!("cmdline={cmdline}").as_str()),
+            "{kernel}"
+        );
+        assert_eq!(
+            r.guest_field("ram_total", "ram_total")
+                .map(|v| v.parse::<u64>().unwrap()),
+            Some(expected_ram(memory)),
+            "{kernel}"
+        );
+    }
+}
+
+#[test]
+fn initrd_too_large_for_memory_is_refused() {
+    if !kvm_or_skip("initrd_too_large_for_memory_is_refused") {
+        return;
+    }
+    let dir = TempDir::new("biginitrd");
+    let initrd = dir.path("initrd.img");
+    let f = std::fs::File::create(&initrd).unwrap();
+    f.set_len(40 << 20).unwrap(); // sparse 40 MiB into a 32 MiB VM
+    let r = run_vireo(
+        &[
+            "run",
+            "--kernel",
+            test_guest(),
+            "--memory",
+            "32M",
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(
+        r.stderr.contains("does not fit in guest memory"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.describe());
+}

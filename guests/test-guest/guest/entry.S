@@ -18,6 +18,7 @@
 #define SEL_UDATA   0x1b    /* GDT index 3, RPL 3 */
 #define SEL_UCODE   0x23    /* GDT index 4, RPL 3 */
 #define SEL_TSS     0x28
+#define SEL_KCODE32 0x38    /* 32-bit code, for the Linux 64-bit entry's way back */
 
 #define PTE_P   0x001
 #define PTE_RW  0x002
@@ -42,6 +43,80 @@
     .balign 4
 
 /* ---------------------------------------------------------------------- */
+/* Linux 64-bit boot protocol entry (bzImage, or an ELF without the PVH     */
+/* note): 0x200 bytes into the image, in long mode with the VMM's identity  */
+/* map, RSI = zero page (struct boot_params). Converts the zero page into   */
+/* an hvm_start_info at 0x5000, drops to 32-bit protected mode with paging  */
+/* off, and continues on the PVH path: one set of checks for both entries.  */
+/* ---------------------------------------------------------------------- */
+#define BOOT_INFO 0x5000
+    .section .text.head, "ax"
+    .code64
+    .fill 0x200, 1, 0xcc
+    .globl linux64_entry
+linux64_entry:
+    movw $0x3f8, %dx                /* '@' first, as on the PVH path */
+    movb $'@', %al
+    outb %al, %dx
+    movl $BOOT_INFO, %edi
+    movl $0x336ec578, (%rdi)        /* magic */
+    movl $1, 4(%rdi)                /* version */
+    movq $0, 8(%rdi)                /* flags, nr_modules */
+    movq $0, 16(%rdi)               /* modlist_paddr */
+    movl 0x228(%rsi), %eax          /* hdr.cmd_line_ptr */
+    movq %rax, 24(%rdi)
+    movq 0x70(%rsi), %rax           /* acpi_rsdp_addr */
+    movq %rax, 32(%rdi)
+    leaq 0x40(%rdi), %rdx           /* memmap right after */
+    movq %rdx, 40(%rdi)
+    movl $1, vtg_linux64_entry(%rip)
+    movl 0x21c(%rsi), %eax          /* hdr.ramdisk_size: the initrd becomes module 0 */
+    testl %eax, %eax
+    jz 4f
+    movl $1, 12(%rdi)               /* nr_modules */
+    leaq 0x800(%rdi), %r8
+    movq %r8, 16(%rdi)              /* modlist_paddr */
+    movq %rax, 8(%r8)               /* size */
+    movl 0x218(%rsi), %eax          /* hdr.ramdisk_image */
+    movq %rax, (%r8)                /* paddr */
+    movq $0, 16(%r8)
+    movq $0, 24(%r8)
+4:  movzbl 0x1e8(%rsi), %ecx        /* e820_entries */
+    movq %rcx, 48(%rdi)             /* memmap_entries, reserved */
+    addq $0x2d0, %rsi               /* e820_table: {addr, size, u32 type}, 20 bytes */
+1:  testl %ecx, %ecx
+    jz 2f
+    movq (%rsi), %rax
+    movq %rax, (%rdx)
+    movq 8(%rsi), %rax
+    movq %rax, 8(%rdx)
+    movl 16(%rsi), %eax
+    movq %rax, 16(%rdx)             /* type, reserved = 0 */
+    addq $20, %rsi
+    addq $24, %rdx
+    decl %ecx
+    jmp 1b
+2:  lgdt gdt_ptr(%rip)              /* has a 32-bit code segment at 0x38 */
+    pushq $SEL_KCODE32
+    leaq 3f(%rip), %rax
+    pushq %rax
+    lretq
+    .code32
+3:  movl %cr0, %eax                 /* paging off: leaves long mode */
+    andl $0x7fffffff, %eax
+    movl %eax, %cr0
+    movl $0xc0000080, %ecx          /* EFER.LME off */
+    rdmsr
+    andl $~0x100, %eax
+    wrmsr
+    movl $SEL_KDATA, %eax
+    movl %eax, %ds
+    movl %eax, %es
+    movl %eax, %ss
+    movl $BOOT_INFO, %ebx
+    jmp pvh_after_marker
+
+/* ---------------------------------------------------------------------- */
     .section .text.entry, "ax"
     .code32
     .globl pvh_entry
@@ -50,7 +125,7 @@ pvh_entry:
     movw $0x3f8, %dx
     movb $'@', %al
     outb %al, %dx
-
+pvh_after_marker:
     movl %ebx, %edi                 /* hvm_start_info; survives to CPL3 */
 
     /* 1 GiB pages available? (CPUID 0x80000001 EDX bit 26) */
@@ -356,6 +431,10 @@ vtg_ap_tramp_end:
 /* ---------------------------------------------------------------------- */
     .data
     .balign 16
+    .globl vtg_linux64_entry
+vtg_linux64_entry:                  /* 1 when entered through the Linux 64-bit protocol */
+    .long 0
+    .balign 16
 gdt:
     .quad 0
     .quad 0x00af9a000000ffff        /* 0x08 kernel code, 64-bit */
@@ -366,6 +445,7 @@ gdt_tss:                            /* 0x28 64-bit TSS (base patched) */
     .word 0x67, 0
     .byte 0, 0x89, 0, 0
     .long 0, 0
+    .quad 0x00cf9a000000ffff        /* 0x38 kernel code, 32-bit */
 gdt_end:
 
     .balign 8

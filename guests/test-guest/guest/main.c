@@ -33,6 +33,7 @@ extern void vtg_irq0(void), vtg_irq_master(void), vtg_irq_slave(void),
     vtg_irq_ignore(void), vtg_syscall(void), vtg_irq_lapic(void);
 
 volatile u64 vtg_ticks;
+extern u32 vtg_linux64_entry; /* entry.S: 1 after the Linux 64-bit entry */
 
 /* ------------------------------------------------------------------ */
 /* Freestanding helpers (gcc may emit calls to these).                 */
@@ -396,6 +397,13 @@ struct hvm_start_info {
     u64 memmap_paddr;
     u32 memmap_entries;
     u32 reserved;
+};
+
+struct hvm_modlist_entry {
+    u64 paddr;
+    u64 size;
+    u64 cmdline_paddr;
+    u64 reserved;
 };
 
 struct e820 {
@@ -1176,6 +1184,26 @@ static void setup_idt(void)
 /* ------------------------------------------------------------------ */
 /* Main (CPL3)                                                         */
 /* ------------------------------------------------------------------ */
+/* The first boot module (the initrd) with an FNV-1a checksum, so a test can check that
+ * the VMM delivered it intact and where the kernel was told it is. */
+static void report_initrd(void)
+{
+    const struct hvm_modlist_entry *mod;
+    const u8 *p;
+    u64 h = 0xcbf29ce484222325ULL;
+    if (si->nr_modules == 0 || si->modlist_paddr == 0)
+        return;
+    mod = (const struct hvm_modlist_entry *)si->modlist_paddr;
+    if (mod->paddr + mod->size > 0xc0000000ULL) {
+        fail("initrd", "module outside the mapped low 3 GiB");
+        return;
+    }
+    p = (const u8 *)mod->paddr;
+    for (u64 i = 0; i < mod->size; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    pr("vtg: initrd addr=%lx size=%lu fnv=%lx\n", mod->paddr, mod->size, h);
+}
+
 NORETURN void vtg_main(struct hvm_start_info *start_info)
 {
     char quickv[8];
@@ -1202,8 +1230,10 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
         print_result();
         run_action();
     }
-    pr("vtg: start_info magic=ok version=%lu memmap_entries=%lu cmdline=%lx rsdp=%lx\n", (u64)si->version,
-       (u64)(si->version >= 1 ? si->memmap_entries : 0), si->cmdline_paddr, si->rsdp_paddr);
+    pr("vtg: start_info magic=ok version=%lu memmap_entries=%lu cmdline=%lx rsdp=%lx entry=%s\n",
+       (u64)si->version, (u64)(si->version >= 1 ? si->memmap_entries : 0), si->cmdline_paddr,
+       si->rsdp_paddr, vtg_linux64_entry ? "linux64" : "pvh");
+    report_initrd();
     if (si->cmdline_paddr)
         cmdline = (const char *)si->cmdline_paddr;
     if (cmdline_get("vtg.action", action, sizeof(action)) == 0)
