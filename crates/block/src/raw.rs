@@ -1,0 +1,111 @@
+//! The raw format: the file is the disk. Sparse-aware: discard punches
+//! holes, block status uses SEEK_DATA/SEEK_HOLE.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{
+    check_range, BlockBackend, CreateOptions, Error, Extent, ExtentKind, Format, HostFile,
+    Preallocation, Result,
+};
+
+pub struct Raw {
+    file: HostFile,
+    size: AtomicU64,
+}
+
+impl Raw {
+    pub fn open(path: &Path, read_only: bool) -> Result<Raw> {
+        let file = HostFile::open(path, read_only)?;
+        let size = file.len()?;
+        Ok(Raw {
+            file,
+            size: AtomicU64::new(size),
+        })
+    }
+
+    fn ro(&self) -> Result<()> {
+        if self.file.is_read_only() {
+            return Err(Error::ReadOnly {
+                path: self.file.path().to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
+    if opts.backing_file.is_some() {
+        return Err(Error::unsupported(
+            path,
+            "raw images cannot have a backing file",
+        ));
+    }
+    let f = HostFile::create(path)?;
+    f.set_len(opts.size)?;
+    if opts.preallocation == Preallocation::Full {
+        f.write_zeroes(0, opts.size)?;
+    }
+    f.sync()
+}
+
+impl BlockBackend for Raw {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+    fn filename(&self) -> &Path {
+        self.file.path()
+    }
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+    fn is_read_only(&self) -> bool {
+        self.file.is_read_only()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(self.file.path(), offset, buf.len() as u64, self.size())?;
+        self.file.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.ro()?;
+        check_range(self.file.path(), offset, buf.len() as u64, self.size())?;
+        self.file.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        self.file.sync()
+    }
+    fn discard(&self, offset: u64, length: u64) -> Result<()> {
+        self.ro()?;
+        check_range(self.file.path(), offset, length, self.size())?;
+        self.file.punch_hole(offset, length)
+    }
+    fn write_zeroes(&self, offset: u64, length: u64) -> Result<()> {
+        self.discard(offset, length)
+    }
+    fn block_status(&self, offset: u64, length: u64) -> Result<Extent> {
+        check_range(self.file.path(), offset, length, self.size())?;
+        let (data, end) = self.file.seek_status(offset, offset + length);
+        let end = end.max(offset + length.min(1));
+        Ok(Extent {
+            offset,
+            length: end - offset,
+            kind: if data {
+                ExtentKind::Data
+            } else {
+                ExtentKind::Zero
+            },
+            depth: 0,
+            host_offset: if data { Some(offset) } else { None },
+            compressed: false,
+        })
+    }
+    fn resize(&self, new_size: u64) -> Result<()> {
+        self.ro()?;
+        self.file.set_len(new_size)?;
+        self.size.store(new_size, Ordering::Release);
+        Ok(())
+    }
+    fn actual_size(&self) -> u64 {
+        self.file.allocated()
+    }
+}
