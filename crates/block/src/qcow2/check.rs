@@ -143,7 +143,7 @@ impl Inner {
     }
 
     /// Counts the references to every cluster of the file.
-    fn compute_refs(&mut self, rep: &mut CheckReport) -> Result<Refs> {
+    fn compute_refs(&mut self, rep: &mut CheckReport, with_refcount_structs: bool) -> Result<Refs> {
         let flen = self.file.len()?;
         let n = flen.div_ceil(self.cs) as usize;
         let mut refs = Refs {
@@ -182,6 +182,9 @@ impl Inner {
             let l1 = self.read_table(s.l1_table_offset, s.l1_size as u64)?;
             self.walk(&l1, false, &mut refs, rep)?;
         }
+        if !with_refcount_structs {
+            return Ok(refs);
+        }
         refs.inc(
             self.hdr.refcount_table_offset,
             self.hdr.refcount_table_clusters as u64 * self.cs,
@@ -210,7 +213,7 @@ impl Inner {
             total_clusters: self.hdr.size.div_ceil(self.cs),
             ..Default::default()
         };
-        let refs = self.compute_refs(&mut rep)?;
+        let refs = self.compute_refs(&mut rep, true)?;
         let flen = self.file.len()?;
         let epb = self.epb();
         let mut max = refs.refs.len() as u64;
@@ -252,7 +255,7 @@ impl Inner {
     /// then switches the header to them. The old structures become free.
     pub(crate) fn rebuild_refcounts(&mut self) -> Result<()> {
         let mut rep = CheckReport::default();
-        let refs = self.compute_refs(&mut rep)?;
+        let refs = self.compute_refs(&mut rep, false)?;
         let cs = self.cs;
         let epb = self.epb();
         let order = self.hdr.refcount_order;
@@ -307,9 +310,16 @@ impl Inner {
         self.file.sync()?;
         self.rt = table.chunks_exact(8).map(|c| be64(c, 0)).collect();
         self.rt_disk_cap = self.rt.len();
-        self.cache
+        let rbs: Vec<u64> = self
+            .cache
             .map
-            .retain(|_, e| e.kind != super::Kind::Refblock);
+            .iter()
+            .filter(|(_, e)| e.kind == super::Kind::Refblock)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in rbs {
+            self.cache.remove(k);
+        }
         self.free_hint = 1;
         Ok(())
     }

@@ -29,7 +29,7 @@ mod check;
 mod header;
 mod snapshot;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -99,8 +99,50 @@ struct CacheEntry {
 /// Bounded cache of L2 tables and refcount blocks (keyed by host offset).
 struct Cache {
     map: HashMap<u64, CacheEntry>,
+    /// LRU order: last-use tick -> offset.
+    lru: BTreeMap<u64, u64>,
     cap: usize,
     tick: u64,
+}
+
+impl Cache {
+    fn touch(&mut self, off: u64) {
+        self.tick += 1;
+        let t = self.tick;
+        if let Some(e) = self.map.get_mut(&off) {
+            self.lru.remove(&e.used);
+            e.used = t;
+            self.lru.insert(t, off);
+        }
+    }
+
+    fn insert(&mut self, off: u64, data: Vec<u8>, kind: Kind, dirty: bool) {
+        self.tick += 1;
+        let used = self.tick;
+        if let Some(old) = self.map.insert(
+            off,
+            CacheEntry {
+                data,
+                dirty,
+                kind,
+                used,
+            },
+        ) {
+            self.lru.remove(&old.used);
+        }
+        self.lru.insert(used, off);
+    }
+
+    fn remove(&mut self, off: u64) {
+        if let Some(e) = self.map.remove(&off) {
+            self.lru.remove(&e.used);
+        }
+    }
+
+    fn lru_victim(&self) -> Option<(u64, bool, Kind)> {
+        let (_, &off) = self.lru.iter().next()?;
+        self.map.get(&off).map(|e| (off, e.dirty, e.kind))
+    }
 }
 
 pub(crate) struct Inner {
@@ -185,13 +227,7 @@ impl Inner {
 
     fn make_room(&mut self) -> Result<()> {
         while self.cache.map.len() >= self.cache.cap {
-            let victim = self
-                .cache
-                .map
-                .iter()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(k, e)| (*k, e.dirty, e.kind));
-            let Some((off, dirty, kind)) = victim else {
+            let Some((off, dirty, kind)) = self.cache.lru_victim() else {
                 break;
             };
             if dirty {
@@ -205,15 +241,14 @@ impl Inner {
                     e.dirty = false;
                 }
             }
-            self.cache.map.remove(&off);
+            self.cache.remove(off);
         }
         Ok(())
     }
 
     fn load(&mut self, off: u64, kind: Kind, what: &'static str) -> Result<()> {
-        if let Some(e) = self.cache.map.get_mut(&off) {
-            self.cache.tick += 1;
-            e.used = self.cache.tick;
+        if self.cache.map.contains_key(&off) {
+            self.cache.touch(off);
             return Ok(());
         }
         if off % self.cs != 0 || off == 0 {
@@ -232,41 +267,21 @@ impl Inner {
         self.make_room()?;
         let mut data = vec![0u8; self.cs as usize];
         self.file.read_at(&mut data, off)?;
-        self.cache.tick += 1;
-        let used = self.cache.tick;
-        self.cache.map.insert(
-            off,
-            CacheEntry {
-                data,
-                dirty: false,
-                kind,
-                used,
-            },
-        );
+        self.cache.insert(off, data, kind, false);
         Ok(())
     }
 
     fn entry(&mut self, off: u64) -> Result<&mut CacheEntry> {
-        let p = self.file.path().to_path_buf();
-        self.cache
+        let Inner { cache, file, .. } = self;
+        cache
             .map
             .get_mut(&off)
-            .ok_or_else(|| Error::corrupt(&p, "metadata cache inconsistency"))
+            .ok_or_else(|| Error::corrupt(file.path(), "metadata cache inconsistency"))
     }
 
     fn insert_new(&mut self, off: u64, kind: Kind, data: Vec<u8>) -> Result<()> {
         self.make_room()?;
-        self.cache.tick += 1;
-        let used = self.cache.tick;
-        self.cache.map.insert(
-            off,
-            CacheEntry {
-                data,
-                dirty: true,
-                kind,
-                used,
-            },
-        );
+        self.cache.insert(off, data, kind, true);
         Ok(())
     }
 
@@ -429,16 +444,22 @@ impl Inner {
             let mut start = self.free_hint;
             let mut len = 0;
             let mut idx = start;
+            let mut first_free = None;
             while len < n {
                 if self.get_refcount(idx)? == 0 {
                     if len == 0 {
                         start = idx;
                     }
+                    first_free.get_or_insert(idx);
                     len += 1;
                 } else {
                     len = 0;
                 }
                 idx += 1;
+            }
+            // Everything below the first free cluster seen is in use.
+            if let Some(f) = first_free {
+                self.free_hint = self.free_hint.max(f);
             }
             let mut c = start;
             while c < start + n {
@@ -1176,6 +1197,7 @@ impl Qcow2 {
             rt_disk_cap,
             cache: Cache {
                 map: HashMap::new(),
+                lru: BTreeMap::new(),
                 cap,
                 tick: 0,
             },
