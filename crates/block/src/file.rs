@@ -52,6 +52,7 @@ impl HostFile {
         self.read_only
     }
 
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> Result<u64> {
         Ok(self
             .file

@@ -109,3 +109,48 @@ impl BlockBackend for Raw {
         self.file.allocated()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ExtentKind, OpenOptions};
+
+    #[test]
+    fn sparse_map_discard_and_io() {
+        let dir = std::env::temp_dir().join(format!("vireo-raw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join("r.raw");
+        crate::create(
+            &p,
+            &CreateOptions {
+                format: Format::Raw,
+                size: 4 << 20,
+                ..Default::default()
+            },
+        )
+        .expect("create");
+        let img = crate::open(&p, &OpenOptions::default()).expect("open");
+        assert_eq!(img.format(), Format::Raw);
+        img.write_at(&[0xaa; 1 << 20], 1 << 20).expect("write");
+        img.flush().expect("flush");
+        let e = img.block_status(0, 4 << 20).expect("status");
+        assert_eq!((e.kind, e.length), (ExtentKind::Zero, 1 << 20));
+        let e = img.block_status(1 << 20, 3 << 20).expect("status");
+        assert_eq!((e.kind, e.length), (ExtentKind::Data, 1 << 20));
+        img.discard(1 << 20, 512 << 10).expect("discard");
+        let mut b = vec![1u8; 1 << 20];
+        img.read_at(&mut b, 1 << 20).expect("read");
+        assert!(b[..512 << 10].iter().all(|&x| x == 0));
+        assert!(b[512 << 10..].iter().all(|&x| x == 0xaa));
+        let e = img.block_status(1 << 20, 1 << 20).expect("status");
+        assert_eq!(e.kind, ExtentKind::Zero, "hole punched");
+        assert!(matches!(
+            img.write_at(&[0; 2], (4 << 20) - 1),
+            Err(Error::OutOfRange { .. })
+        ));
+        img.resize(8 << 20).expect("resize");
+        assert_eq!(std::fs::metadata(&p).expect("stat").len(), 8 << 20);
+        drop(img);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -57,13 +57,7 @@ fn g3(v: f64) -> String {
     if v == 0.0 {
         return "0".into();
     }
-    let digits = if v >= 100.0 {
-        0
-    } else if v >= 10.0 {
-        1
-    } else {
-        2
-    };
+    let digits = (2 - v.log10().floor() as i32).clamp(0, 20) as usize;
     let s = format!("{v:.digits$}");
     // %g may round up into the next decade (e.g. 99.96 -> "100").
     let s = if s.contains('.') {

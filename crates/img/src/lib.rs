@@ -1222,6 +1222,7 @@ fn measure(a: MeasureArgs) -> R<u8> {
 pub struct Rng(pub u64);
 
 impl Rng {
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;

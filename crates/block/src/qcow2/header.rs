@@ -302,16 +302,14 @@ impl Header {
                 "extended L2 entries (subclusters)",
             ));
         }
-        if h.incompatible & INCOMPAT_COMPRESSION != 0 || h.compression_type != 0 {
-            if h.compression_type != 0 {
-                return Err(Error::unsupported(
-                    path,
-                    format!(
-                        "compression type {} (only zlib is supported)",
-                        h.compression_type
-                    ),
-                ));
-            }
+        if h.compression_type != 0 {
+            return Err(Error::unsupported(
+                path,
+                format!(
+                    "compression type {} (only zlib is supported)",
+                    h.compression_type
+                ),
+            ));
         }
         // Header cluster: extensions and backing file name.
         let mut hc = vec![0u8; cs.min(file_len) as usize];

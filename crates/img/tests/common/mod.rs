@@ -49,8 +49,7 @@ impl Drop for TempDir {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    out
+    cmd.output().expect("spawn")
 }
 
 /// Runs qemu-img; panics with its stderr if it fails.
