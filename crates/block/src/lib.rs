@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod file;
+pub mod import;
 pub mod qcow2;
 pub mod raw;
 
@@ -92,6 +93,12 @@ impl Error {
 pub enum Format {
     Raw,
     Qcow2,
+    /// VMDK (read-only).
+    Vmdk,
+    /// VirtualBox VDI (read-only).
+    Vdi,
+    /// VHD, qemu's "vpc" (read-only).
+    Vpc,
 }
 
 impl Format {
@@ -99,6 +106,9 @@ impl Format {
         match self {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vdi => "vdi",
+            Format::Vpc => "vpc",
         }
     }
     /// Parses a format name as used by qemu-img (`-f`, `-O`, `backing_fmt`).
@@ -106,9 +116,12 @@ impl Format {
         match name {
             "raw" => Ok(Format::Raw),
             "qcow2" => Ok(Format::Qcow2),
-            "vmdk" | "vdi" | "vpc" | "vhdx" | "qcow" | "qed" | "luks" | "parallels" | "dmg" => Err(
-                Error::Invalid(format!("image format '{name}' is not supported yet")),
-            ),
+            "vmdk" => Ok(Format::Vmdk),
+            "vdi" => Ok(Format::Vdi),
+            "vpc" => Ok(Format::Vpc),
+            "vhdx" | "qcow" | "qed" | "luks" | "parallels" | "dmg" => Err(Error::Invalid(format!(
+                "image format '{name}' is not supported yet"
+            ))),
             _ => Err(Error::Invalid(format!("unknown image format '{name}'"))),
         }
     }
@@ -220,13 +233,26 @@ impl OpenOptions {
 /// Guesses the format of the file at `path` from its first bytes.
 pub fn probe(path: &Path) -> Result<Format> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let mut magic = [0u8; 4];
+    let mut b = [0u8; 512];
     use std::os::unix::fs::FileExt;
     let n = f
-        .read_at(&mut magic, 0)
+        .read_at(&mut b, 0)
         .map_err(|e| Error::io(path, "read", e))?;
-    if n == 4 && magic == qcow2::MAGIC {
+    let b = &b[..n];
+    if b.len() >= 4 && b[..4] == qcow2::MAGIC {
         return Ok(Format::Qcow2);
+    }
+    if b.len() >= 4 && b[..4] == import::VMDK_MAGIC {
+        return Ok(Format::Vmdk);
+    }
+    if b.starts_with(b"# Disk DescriptorFile") {
+        return Ok(Format::Vmdk);
+    }
+    if b.len() >= 68 && u32::from_le_bytes([b[64], b[65], b[66], b[67]]) == import::VDI_SIGNATURE {
+        return Ok(Format::Vdi);
+    }
+    if b.len() >= 8 && b[..8] == import::VHD_COOKIE {
+        return Ok(Format::Vpc);
     }
     Ok(Format::Raw)
 }
@@ -258,6 +284,9 @@ pub(crate) fn open_in_chain(
     Ok(match fmt {
         Format::Raw => Arc::new(raw::Raw::open(path, opts.read_only)?),
         Format::Qcow2 => Arc::new(qcow2::Qcow2::open_chain(path, opts, chain)?),
+        Format::Vmdk => Arc::new(import::open_vmdk(path)?),
+        Format::Vdi => Arc::new(import::open_vdi(path)?),
+        Format::Vpc => Arc::new(import::open_vpc(path)?),
     })
 }
 
@@ -304,6 +333,10 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
     match opts.format {
         Format::Raw => raw::create(path, opts),
         Format::Qcow2 => qcow2::create(path, opts),
+        f => Err(Error::unsupported(
+            path,
+            format!("creating {f} images is not supported yet"),
+        )),
     }
 }
 

@@ -42,9 +42,11 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
         ));
     }
     let f = HostFile::create(path)?;
-    f.set_len(opts.size)?;
+    // qemu-img rounds image sizes up to whole 512-byte sectors.
+    let size = opts.size.div_ceil(512) * 512;
+    f.set_len(size)?;
     if opts.preallocation == Preallocation::Full {
-        f.write_zeroes(0, opts.size)?;
+        f.write_zeroes(0, size)?;
     }
     f.sync()
 }

@@ -1202,6 +1202,11 @@ fn measure(a: MeasureArgs) -> R<u8> {
             let meta = qcow2_meta_size(vsize, cs, order);
             (meta + data, meta + vsize.div_ceil(cs) * cs)
         }
+        f => {
+            return fail(format!(
+                "measure for output format {f} is not supported yet"
+            ))
+        }
     };
     if a.output == "json" {
         let mut v = json!({"required": required, "fully-allocated": full});

@@ -737,3 +737,157 @@ fn refcount_table_growth_and_v2_images() {
         ],
     );
 }
+
+#[test]
+fn import_formats_vmdk_vdi_vhd_read_identically() {
+    if !have_qemu() {
+        return;
+    }
+    let d = TempDir::new("imp");
+    let raw = d.join("src.raw");
+    // sparse source: data islands, compressible and random parts, holes
+    let mut data = vec![0u8; 5 << 20];
+    let mut rng = Rng(42);
+    fill(&mut rng, &mut data[100_000..900_000]);
+    fill_compressible(&mut rng, &mut data[(2 << 20)..(3 << 20)]);
+    data[(4 << 20) + 7] = 1;
+    std::fs::write(&raw, &data).expect("write");
+    let cases: &[(&str, &str, &str)] = &[
+        ("vmdk", "subformat=monolithicSparse", "a.vmdk"),
+        ("vmdk", "subformat=streamOptimized", "b.vmdk"),
+        ("vmdk", "subformat=monolithicFlat", "c.vmdk"),
+        ("vmdk", "subformat=twoGbMaxExtentSparse", "d.vmdk"),
+        ("vdi", "static=off", "e.vdi"),
+        ("vdi", "static=on", "f.vdi"),
+        ("vpc", "subformat=dynamic", "g.vhd"),
+        ("vpc", "subformat=fixed", "h.vhd"),
+    ];
+    for &(fmt, opt, name) in cases {
+        let p = d.join(name);
+        qemu_img(&["convert", "-f", "raw", "-O", fmt, "-o", opt, s(&raw), s(&p)]);
+        let qr = d.join("q.raw");
+        qemu_img(&["convert", "-f", fmt, "-O", "raw", s(&p), s(&qr)]);
+        let q = std::fs::read(&qr).expect("read");
+        let img = vireo_block::open(
+            &p,
+            &OpenOptions {
+                format: Some(Format::from_name(fmt).expect("fmt")),
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .expect("open import");
+        let mut v = vec![0u8; img.size() as usize];
+        img.read_at(&mut v, 0).expect("read");
+        assert_same(&v, &q, &format!("{fmt} {opt}"));
+        // probing finds the format (fixed VHD has no header: raw, as in qemu)
+        if opt != "subformat=fixed" {
+            assert_eq!(vireo_block::probe(&p).expect("probe").name(), fmt, "{name}");
+        }
+        // convert to qcow2 through vireo, qemu agrees on the content
+        let out = d.join(&format!("{name}.qcow2"));
+        vireo_ok(&["convert", "-f", fmt, "-O", "qcow2", s(&p), s(&out)]);
+        assert_qemu_clean(&out);
+        assert_same(&qemu_read_all(&out, &d), &q, &format!("{fmt} -> qcow2"));
+        assert!(
+            img.write_at(&[0], 0).is_err(),
+            "import formats are read-only"
+        );
+    }
+}
+
+#[test]
+fn import_formats_survive_hostile_input() {
+    if !have_qemu() {
+        return;
+    }
+    let d = TempDir::new("imph");
+    let raw = d.join("src.raw");
+    let mut data = vec![0u8; 1 << 20];
+    fill(&mut Rng(8), &mut data[..300_000]);
+    std::fs::write(&raw, &data).expect("write");
+    let mut rng = Rng(0xBAD);
+    for (fmt, opt, name) in [
+        ("vmdk", "subformat=monolithicSparse", "a.vmdk"),
+        ("vmdk", "subformat=streamOptimized", "b.vmdk"),
+        ("vdi", "static=off", "c.vdi"),
+        ("vpc", "subformat=dynamic", "d.vhd"),
+    ] {
+        let p = d.join(name);
+        qemu_img(&["convert", "-f", "raw", "-O", fmt, "-o", opt, s(&raw), s(&p)]);
+        let orig = std::fs::read(&p).expect("read");
+        let f = Format::from_name(fmt).expect("fmt");
+        let opts = OpenOptions {
+            format: Some(f),
+            read_only: true,
+            ..Default::default()
+        };
+        // truncations
+        for len in [
+            0usize,
+            10,
+            100,
+            511,
+            1024,
+            2048,
+            orig.len() / 2,
+            orig.len() - 1,
+        ] {
+            std::fs::write(&p, &orig[..len.min(orig.len())]).expect("write");
+            let r = std::panic::catch_unwind(|| {
+                if let Ok(img) = vireo_block::open(&p, &opts) {
+                    let mut b = vec![0u8; img.size().min(1 << 20) as usize];
+                    let _ = img.read_at(&mut b, 0);
+                }
+            });
+            assert!(r.is_ok(), "{name} truncated to {len}: panic");
+        }
+        // random corruption of the first 2 KiB and the last 1.5 KiB
+        for _ in 0..150 {
+            let mut b = orig.clone();
+            for _ in 0..(rng.next() % 4 + 1) {
+                let i = if rng.next() % 2 == 0 {
+                    (rng.next() % 2048) as usize
+                } else {
+                    b.len() - 1 - (rng.next() % 1536) as usize
+                };
+                b[i] = rng.next() as u8;
+            }
+            std::fs::write(&p, &b).expect("write");
+            let r = std::panic::catch_unwind(|| {
+                if let Ok(img) = vireo_block::open(&p, &opts) {
+                    let mut buf = vec![0u8; 65536];
+                    let size = img.size();
+                    let mut off = 0;
+                    while off + 65536 <= size.min(4 << 20) {
+                        let _ = img.read_at(&mut buf, off);
+                        off += 65536 * 3;
+                    }
+                    let _ = img.block_status(0, size.min(1 << 20));
+                }
+            });
+            assert!(r.is_ok(), "{name}: panic on corrupted input");
+        }
+    }
+    // specific fields
+    let p = d.join("x.vdi");
+    qemu_img(&["convert", "-f", "raw", "-O", "vdi", s(&raw), s(&p)]);
+    let mut b = std::fs::read(&p).expect("read");
+    b[376..380].copy_from_slice(&3u32.to_le_bytes()); // block_size not a power of two
+    std::fs::write(&p, &b).expect("write");
+    let e = vireo_block::open(&p, &OpenOptions::read_only())
+        .err()
+        .expect("error")
+        .to_string();
+    assert!(e.contains("vdi block_size"), "{e}");
+    let p = d.join("x.vmdk");
+    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", s(&raw), s(&p)]);
+    let mut b = std::fs::read(&p).expect("read");
+    b[56..64].copy_from_slice(&(1u64 << 40).to_le_bytes()); // gdOffset beyond EOF
+    std::fs::write(&p, &b).expect("write");
+    let e = vireo_block::open(&p, &OpenOptions::read_only())
+        .err()
+        .expect("error")
+        .to_string();
+    assert!(e.contains("vmdk gdOffset"), "{e}");
+}
