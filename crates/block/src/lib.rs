@@ -155,7 +155,8 @@ pub struct Extent {
     /// of the bottom of the chain (like qemu-img map).
     pub depth: u32,
     /// Host offset in the file of layer `depth`, when the data is stored
-    /// uncompressed and contiguous.
+    /// uncompressed and contiguous. A `Zero` extent with a host offset is a
+    /// preallocated zero cluster (qemu-img map: "zero" and "data").
     pub host_offset: Option<u64>,
     pub compressed: bool,
 }

@@ -564,6 +564,8 @@ fn info_one(img: &dyn BlockBackend) -> (Value, String) {
             json!({"type": "qcow2", "data": Value::Object(d)}),
         );
         m.insert("dirty-flag".into(), json!(hdr.incompatible & 1 != 0));
+    } else {
+        m.insert("dirty-flag".into(), json!(false));
     }
     (Value::Object(m), h)
 }
@@ -643,29 +645,34 @@ fn check_human(r: &CheckReport) {
 }
 
 fn check_json(r: &CheckReport, file: &Path) -> Value {
+    // Key order as printed by qemu-img.
     let mut m = serde_json::Map::new();
     m.insert("image-end-offset".into(), json!(r.image_end_offset));
-    m.insert("total-clusters".into(), json!(r.total_clusters));
-    m.insert("check-errors".into(), json!(r.check_errors));
-    if r.leaks > 0 {
-        m.insert("leaks".into(), json!(r.leaks));
+    if r.compressed_clusters > 0 {
+        m.insert("compressed-clusters".into(), json!(r.compressed_clusters));
     }
+    m.insert("total-clusters".into(), json!(r.total_clusters));
     if r.corruptions > 0 {
         m.insert("corruptions".into(), json!(r.corruptions));
-    }
-    if r.leaks_fixed > 0 {
-        m.insert("leaks-fixed".into(), json!(r.leaks_fixed));
     }
     if r.corruptions_fixed > 0 {
         m.insert("corruptions-fixed".into(), json!(r.corruptions_fixed));
     }
+    m.insert("check-errors".into(), json!(r.check_errors));
+    if r.leaks > 0 {
+        m.insert("leaks".into(), json!(r.leaks));
+    }
+    if r.leaks_fixed > 0 {
+        m.insert("leaks-fixed".into(), json!(r.leaks_fixed));
+    }
     if r.allocated_clusters > 0 {
         m.insert("allocated-clusters".into(), json!(r.allocated_clusters));
-        m.insert("fragmented-clusters".into(), json!(r.fragmented_clusters));
-        m.insert("compressed-clusters".into(), json!(r.compressed_clusters));
     }
     m.insert("filename".into(), json!(file.display().to_string()));
     m.insert("format".into(), json!("qcow2"));
+    if r.fragmented_clusters > 0 {
+        m.insert("fragmented-clusters".into(), json!(r.fragmented_clusters));
+    }
     Value::Object(m)
 }
 
@@ -896,7 +903,7 @@ fn map_entries(img: &dyn BlockBackend) -> R<Vec<MapEntry>> {
             depth: e.depth,
             present: e.kind != ExtentKind::Unallocated,
             zero: e.kind != ExtentKind::Data,
-            data: e.kind == ExtentKind::Data,
+            data: e.kind == ExtentKind::Data || e.host_offset.is_some(),
             compressed: e.compressed,
             offset: if e.compressed { None } else { e.host_offset },
         };
@@ -944,18 +951,28 @@ fn map(a: MapArgs) -> R<u8> {
     } else {
         println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
         for e in &entries {
-            if let (true, Some(o)) = (e.data, e.offset) {
+            if e.compressed {
+                return fail("File contains external, encrypted or compressed clusters.");
+            }
+            if let (true, false, Some(o)) = (e.data, e.zero, e.offset) {
                 let mut layer: Arc<dyn BlockBackend> = img.clone();
                 for _ in 0..e.depth {
                     if let Some(b) = layer.backing().cloned() {
                         layer = b;
                     }
                 }
+                let hex = |v: u64| {
+                    if v == 0 {
+                        "0".to_string()
+                    } else {
+                        format!("{v:#x}")
+                    }
+                };
                 println!(
                     "{:<16}{:<16}{:<16}{}",
-                    format!("0x{:x}", e.start),
-                    format!("0x{:x}", e.length),
-                    format!("0x{o:x}"),
+                    hex(e.start),
+                    hex(e.length),
+                    hex(o),
                     layer.filename().display()
                 );
             }

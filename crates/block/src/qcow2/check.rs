@@ -99,6 +99,8 @@ impl Inner {
                 }
             }
             let t = self.l2_table(l2)?;
+            // qemu measures fragmentation within each L2 table.
+            prev_host = None;
             for e in t {
                 match decode_l2(e, self.cb) {
                     L2Entry::Normal(h) | L2Entry::Zero(Some(h)) => {
@@ -118,21 +120,21 @@ impl Inner {
                                 ));
                                 rep.corruptions += 1;
                             }
-                            if e & 1 == 0 {
-                                rep.allocated_clusters += 1;
-                                if prev_host.is_some_and(|p| p + self.cs != h) {
-                                    rep.fragmented_clusters += 1;
-                                }
-                                prev_host = Some(h);
+                            rep.allocated_clusters += 1;
+                            if prev_host.is_some_and(|p| p + self.cs != h) {
+                                rep.fragmented_clusters += 1;
                             }
+                            prev_host = Some(h);
                         }
                     }
                     L2Entry::Compressed { offset, len } => {
                         refs.inc(offset, len, "compressed cluster", rep);
                         if active {
+                            // Like qemu: compressed clusters count as
+                            // allocated, compressed and fragmented.
                             rep.allocated_clusters += 1;
                             rep.compressed_clusters += 1;
-                            prev_host = None;
+                            rep.fragmented_clusters += 1;
                         }
                     }
                     _ => {}

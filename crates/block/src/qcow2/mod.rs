@@ -162,6 +162,7 @@ pub(crate) struct Inner {
     pub(crate) snapshots: Vec<Snapshot>,
     comp_cursor: u64,
     has_backing: bool,
+    meta_prealloc: Option<bool>,
 }
 
 /// An open qcow2 image.
@@ -929,7 +930,7 @@ impl Inner {
         let end = off + len;
         let mut pos = ((off >> self.cb) + 1) << self.cb;
         let host_of = |e: L2Entry| match e {
-            L2Entry::Normal(h) => Some(h),
+            L2Entry::Normal(h) | L2Entry::Zero(Some(h)) => Some(h),
             _ => None,
         };
         let first_host = host_of(first).map(|h| h + (off & (self.cs - 1)));
@@ -937,7 +938,10 @@ impl Inner {
             let e = self.lookup(pos >> self.cb)?;
             let same = match (first, e) {
                 (L2Entry::Unallocated, L2Entry::Unallocated) => true,
-                (L2Entry::Zero(_), L2Entry::Zero(_)) => true,
+                (L2Entry::Zero(None), L2Entry::Zero(None)) => true,
+                (L2Entry::Zero(Some(_)), L2Entry::Zero(Some(h))) => {
+                    first_host.map(|f| f + (pos - off)) == Some(h)
+                }
                 (L2Entry::Normal(_), L2Entry::Normal(h)) => {
                     first_host.map(|f| f + (pos - off)) == Some(h)
                 }
@@ -949,7 +953,25 @@ impl Inner {
             }
             pos += self.cs;
         }
-        let length = pos.min(end) - off;
+        let mut length = pos.min(end) - off;
+        if let (L2Entry::Normal(_), Some(h), true) =
+            (first, first_host, self.metadata_preallocated()?)
+        {
+            // Like qemu: in a metadata-preallocated image, a data cluster
+            // whose host range is a hole in the file reads as zeroes.
+            let (data, e) = self.file.seek_status(h, h + length);
+            length = e.saturating_sub(h).clamp(1, length);
+            if !data {
+                return Ok(Extent {
+                    offset: off,
+                    length,
+                    kind: ExtentKind::Zero,
+                    depth: 0,
+                    host_offset: first_host,
+                    compressed: false,
+                });
+            }
+        }
         let (kind, compressed) = match first {
             L2Entry::Unallocated => {
                 if let Some(b) = backing {
@@ -983,6 +1005,37 @@ impl Inner {
             host_offset: first_host,
             compressed,
         })
+    }
+
+    /// qemu's heuristic: the image looks metadata-preallocated when many
+    /// more clusters are refcounted than the host file really allocates.
+    fn metadata_preallocated(&mut self) -> Result<bool> {
+        if let Some(v) = self.meta_prealloc {
+            return Ok(v);
+        }
+        let real = self.file.allocated() / self.cs;
+        let threshold = (real * 10 / 9).max(real + 2);
+        let epb = self.epb();
+        let order = self.hdr.refcount_order;
+        let flen = self.file.len()?;
+        let mut count = 0u64;
+        for b in 0..self.rt.len() {
+            let rb = self.rt[b] & REFT_OFFSET_MASK;
+            if rb == 0 || rb % self.cs != 0 || rb + self.cs > flen {
+                continue;
+            }
+            self.load(rb, Kind::Refblock, "refcount block")?;
+            let e = self.entry(rb)?;
+            count += (0..epb as usize)
+                .filter(|&i| rc_get(&e.data, i, order) != 0)
+                .count() as u64;
+            if count >= threshold {
+                break;
+            }
+        }
+        let v = count >= threshold;
+        self.meta_prealloc = Some(v);
+        Ok(v)
     }
 
     /// Grows the L1 table to `entries` entries (new table, then header).
@@ -1206,6 +1259,7 @@ impl Qcow2 {
             snapshots,
             comp_cursor: 0,
             has_backing,
+            meta_prealloc: None,
             hdr,
         };
         if !opts.read_only && !repair {
