@@ -75,7 +75,6 @@ impl Inner {
         rep: &mut CheckReport,
     ) -> Result<()> {
         let flen = self.file.len()?;
-        let mut prev_host: Option<u64> = None;
         for (i, &l1e) in l1.iter().enumerate() {
             let l2 = l1e & OFFSET_MASK;
             if l2 == 0 {
@@ -100,7 +99,7 @@ impl Inner {
             }
             let t = self.l2_table(l2)?;
             // qemu measures fragmentation within each L2 table.
-            prev_host = None;
+            let mut prev_host: Option<u64> = None;
             for e in t {
                 match decode_l2(e, self.cb) {
                     L2Entry::Normal(h) | L2Entry::Zero(Some(h)) => {
