@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::json;
+
+mod ojson;
+use ojson::{Obj, J};
 use vireo_block::qcow2::{CheckReport, Qcow2, RepairMode};
 use vireo_block::{
     BlockBackend, CreateOptions, Error, ExtentKind, Format, OpenOptions, Preallocation,
@@ -430,7 +433,7 @@ fn create(a: CreateArgs) -> R<u8> {
     Ok(0)
 }
 
-fn pretty(v: &Value) -> String {
+fn pretty(v: &impl serde::Serialize) -> String {
     let mut out = Vec::new();
     let f = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, f);
@@ -438,25 +441,19 @@ fn pretty(v: &Value) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn snapshot_json(s: &vireo_block::qcow2::Snapshot) -> Value {
-    let mut m = serde_json::Map::new();
+fn snapshot_json(s: &vireo_block::qcow2::Snapshot) -> J {
+    let mut m = Obj::new();
     if let Some(i) = s.icount {
-        m.insert("icount".into(), json!(i));
+        m.insert("icount", json!(i));
     }
-    m.insert(
-        "vm-clock-nsec".into(),
-        json!(s.vm_clock_nsec % 1_000_000_000),
-    );
-    m.insert("name".into(), json!(s.name));
-    m.insert("date-sec".into(), json!(s.date_sec));
-    m.insert("date-nsec".into(), json!(s.date_nsec));
-    m.insert(
-        "vm-clock-sec".into(),
-        json!(s.vm_clock_nsec / 1_000_000_000),
-    );
-    m.insert("id".into(), json!(s.id));
-    m.insert("vm-state-size".into(), json!(s.vm_state_size));
-    Value::Object(m)
+    m.insert("vm-clock-nsec", json!(s.vm_clock_nsec % 1_000_000_000));
+    m.insert("name", json!(s.name));
+    m.insert("date-sec", json!(s.date_sec));
+    m.insert("date-nsec", json!(s.date_nsec));
+    m.insert("vm-clock-sec", json!(s.vm_clock_nsec / 1_000_000_000));
+    m.insert("id", json!(s.id));
+    m.insert("vm-state-size", json!(s.vm_state_size));
+    J::O(m)
 }
 
 fn snapshot_table(snaps: &[vireo_block::qcow2::Snapshot]) -> String {
@@ -489,8 +486,7 @@ fn snapshot_table(snaps: &[vireo_block::qcow2::Snapshot]) -> String {
     s
 }
 
-fn info_one(img: &dyn BlockBackend) -> (Value, String) {
-    let mut m = serde_json::Map::new();
+fn info_one(img: &dyn BlockBackend) -> (J, String) {
     let mut h = String::new();
     let name = img.filename().display().to_string();
     h += &format!("image: {name}\nfile format: {}\n", img.format());
@@ -502,43 +498,47 @@ fn info_one(img: &dyn BlockBackend) -> (Value, String) {
     h += &format!("disk size: {}\n", size_to_str(img.actual_size()));
     let q = img.as_qcow2();
     let hdr = q.map(|q| q.header());
-    if let Some(hdr) = &hdr {
-        if let Some(f) = &hdr.backing_format {
-            m.insert("backing-filename-format".into(), json!(f));
-        }
-    }
-    m.insert("virtual-size".into(), json!(img.size()));
-    m.insert("filename".into(), json!(name));
+    let snaps = q.map(|q| q.snapshots()).unwrap_or_default();
+    let backing = hdr
+        .as_ref()
+        .and_then(|hd| hd.backing_file.clone())
+        .map(|b| {
+            let full = vireo_block::qcow2::resolve_backing(img.filename(), &b);
+            (b, full.display().to_string())
+        });
     if let Some(hdr) = &hdr {
         h += &format!("cluster_size: {}\n", hdr.cluster_size());
-        m.insert("cluster-size".into(), json!(hdr.cluster_size()));
-        if let Some(b) = &hdr.backing_file {
-            let full = vireo_block::qcow2::resolve_backing(img.filename(), b);
-            let full_s = full.display().to_string();
-            if full_s != *b {
-                h += &format!("backing file: {b} (actual path: {full_s})\n");
+        if let Some((b, full)) = &backing {
+            if full != b {
+                h += &format!("backing file: {b} (actual path: {full})\n");
             } else {
                 h += &format!("backing file: {b}\n");
             }
             if let Some(f) = &hdr.backing_format {
                 h += &format!("backing file format: {f}\n");
             }
-            m.insert("full-backing-filename".into(), json!(full_s));
-            m.insert("backing-filename".into(), json!(b));
         }
     }
-    m.insert("format".into(), json!(img.format().name()));
-    m.insert("actual-size".into(), json!(img.actual_size()));
-    if let (Some(q), Some(hdr)) = (q, &hdr) {
-        let snaps = q.snapshots();
-        if !snaps.is_empty() {
-            h += &snapshot_table(&snaps);
-            m.insert(
-                "snapshots".into(),
-                Value::Array(snaps.iter().map(snapshot_json).collect()),
-            );
-        }
-        let mut d = serde_json::Map::new();
+    if !snaps.is_empty() {
+        h += &snapshot_table(&snaps);
+    }
+    // JSON, keys in qemu-img's order.
+    let mut m = Obj::new();
+    if let Some(f) = hdr.as_ref().and_then(|hd| hd.backing_format.clone()) {
+        m.insert("backing-filename-format", json!(f));
+    }
+    if !snaps.is_empty() {
+        m.insert("snapshots", J::A(snaps.iter().map(snapshot_json).collect()));
+    }
+    m.insert("virtual-size", json!(img.size()));
+    m.insert("filename", json!(name));
+    if let Some(hdr) = &hdr {
+        m.insert("cluster-size", json!(hdr.cluster_size()));
+    }
+    m.insert("format", json!(img.format().name()));
+    m.insert("actual-size", json!(img.actual_size()));
+    if let Some(hdr) = &hdr {
+        let mut d = Obj::new();
         h += "Format specific information:\n";
         if hdr.version >= 3 {
             let lazy = hdr.compatible & 1 != 0;
@@ -547,27 +547,30 @@ fn info_one(img: &dyn BlockBackend) -> (Value, String) {
                 "    compat: 1.1\n    compression type: zlib\n    lazy refcounts: {lazy}\n    refcount bits: {}\n    corrupt: {corrupt}\n    extended l2: false\n",
                 1u32 << hdr.refcount_order
             );
-            d.insert("compat".into(), json!("1.1"));
-            d.insert("compression-type".into(), json!("zlib"));
-            d.insert("lazy-refcounts".into(), json!(lazy));
-            d.insert("refcount-bits".into(), json!(1u32 << hdr.refcount_order));
-            d.insert("corrupt".into(), json!(corrupt));
-            d.insert("extended-l2".into(), json!(false));
+            d.insert("compat", json!("1.1"));
+            d.insert("compression-type", json!("zlib"));
+            d.insert("lazy-refcounts", json!(lazy));
+            d.insert("refcount-bits", json!(1u32 << hdr.refcount_order));
+            d.insert("corrupt", json!(corrupt));
+            d.insert("extended-l2", json!(false));
         } else {
             h += "    compat: 0.10\n    compression type: zlib\n    refcount bits: 16\n";
-            d.insert("compat".into(), json!("0.10"));
-            d.insert("compression-type".into(), json!("zlib"));
-            d.insert("refcount-bits".into(), json!(16));
+            d.insert("compat", json!("0.10"));
+            d.insert("compression-type", json!("zlib"));
+            d.insert("refcount-bits", json!(16));
         }
-        m.insert(
-            "format-specific".into(),
-            json!({"type": "qcow2", "data": Value::Object(d)}),
-        );
-        m.insert("dirty-flag".into(), json!(hdr.incompatible & 1 != 0));
-    } else {
-        m.insert("dirty-flag".into(), json!(false));
+        let mut fs = Obj::new();
+        fs.insert("type", json!("qcow2"));
+        fs.insert("data", d);
+        m.insert("format-specific", fs);
     }
-    (Value::Object(m), h)
+    if let Some((b, full)) = &backing {
+        m.insert("full-backing-filename", json!(full));
+        m.insert("backing-filename", json!(b));
+    }
+    let dirty = hdr.as_ref().is_some_and(|hd| hd.incompatible & 1 != 0);
+    m.insert("dirty-flag", json!(dirty));
+    (J::O(m), h)
 }
 
 fn info(a: InfoArgs) -> R<u8> {
@@ -586,11 +589,11 @@ fn info(a: InfoArgs) -> R<u8> {
             cur = b;
         }
     }
-    let infos: Vec<(Value, String)> = chain.iter().map(|i| info_one(i.as_ref())).collect();
+    let infos: Vec<(J, String)> = chain.iter().map(|i| info_one(i.as_ref())).collect();
     match a.output.as_str() {
         "json" => {
             if a.backing_chain {
-                let v = Value::Array(infos.into_iter().map(|(v, _)| v).collect());
+                let v = J::A(infos.into_iter().map(|(v, _)| v).collect());
                 println!("{}", pretty(&v));
             } else if let Some((v, _)) = infos.into_iter().next() {
                 println!("{}", pretty(&v));
@@ -644,36 +647,36 @@ fn check_human(r: &CheckReport) {
     }
 }
 
-fn check_json(r: &CheckReport, file: &Path) -> Value {
+fn check_json(r: &CheckReport, file: &Path) -> J {
     // Key order as printed by qemu-img.
-    let mut m = serde_json::Map::new();
-    m.insert("image-end-offset".into(), json!(r.image_end_offset));
+    let mut m = Obj::new();
+    m.insert("image-end-offset", json!(r.image_end_offset));
     if r.compressed_clusters > 0 {
-        m.insert("compressed-clusters".into(), json!(r.compressed_clusters));
+        m.insert("compressed-clusters", json!(r.compressed_clusters));
     }
-    m.insert("total-clusters".into(), json!(r.total_clusters));
+    m.insert("total-clusters", json!(r.total_clusters));
     if r.corruptions > 0 {
-        m.insert("corruptions".into(), json!(r.corruptions));
+        m.insert("corruptions", json!(r.corruptions));
     }
     if r.corruptions_fixed > 0 {
-        m.insert("corruptions-fixed".into(), json!(r.corruptions_fixed));
+        m.insert("corruptions-fixed", json!(r.corruptions_fixed));
     }
-    m.insert("check-errors".into(), json!(r.check_errors));
+    m.insert("check-errors", json!(r.check_errors));
     if r.leaks > 0 {
-        m.insert("leaks".into(), json!(r.leaks));
+        m.insert("leaks", json!(r.leaks));
     }
     if r.leaks_fixed > 0 {
-        m.insert("leaks-fixed".into(), json!(r.leaks_fixed));
+        m.insert("leaks-fixed", json!(r.leaks_fixed));
     }
     if r.allocated_clusters > 0 {
-        m.insert("allocated-clusters".into(), json!(r.allocated_clusters));
+        m.insert("allocated-clusters", json!(r.allocated_clusters));
     }
-    m.insert("filename".into(), json!(file.display().to_string()));
-    m.insert("format".into(), json!("qcow2"));
+    m.insert("filename", json!(file.display().to_string()));
+    m.insert("format", json!("qcow2"));
     if r.fragmented_clusters > 0 {
-        m.insert("fragmented-clusters".into(), json!(r.fragmented_clusters));
+        m.insert("fragmented-clusters", json!(r.fragmented_clusters));
     }
-    Value::Object(m)
+    J::O(m)
 }
 
 fn check(a: CheckArgs) -> R<u8> {
@@ -1226,10 +1229,12 @@ fn measure(a: MeasureArgs) -> R<u8> {
         }
     };
     if a.output == "json" {
-        let mut v = json!({"required": required, "fully-allocated": full});
+        let mut v = Obj::new();
         if ofmt == Format::Qcow2 && a.filename.is_some() {
-            v["bitmaps"] = json!(0);
+            v.insert("bitmaps", json!(0));
         }
+        v.insert("required", json!(required));
+        v.insert("fully-allocated", json!(full));
         println!("{}", pretty(&v));
     } else {
         println!("required size: {required}\nfully allocated size: {full}");

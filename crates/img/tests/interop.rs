@@ -362,10 +362,14 @@ fn info_json_and_human_match_qemu() {
     qemu_io(&top, "qcow2", &["write -P 1 0 64k".into()]);
     qemu_img(&["snapshot", "-c", "snap1", s(&top)]);
     for p in [&base, &top] {
-        let v: serde_json::Value =
-            serde_json::from_str(&vireo_ok(&["info", "--output", "json", s(p)])).expect("json");
-        let q: serde_json::Value =
-            serde_json::from_str(&qemu_img(&["info", "--output", "json", s(p)])).expect("json");
+        let vt = vireo_ok(&["info", "--output", "json", s(p)]);
+        let qt = qemu_img(&["info", "--output", "json", s(p)]);
+        if !qt.contains("\"children\"") {
+            // same text, key order included (qemu < 8 has no child info)
+            assert_eq!(vt, qt);
+        }
+        let v: serde_json::Value = serde_json::from_str(&vt).expect("json");
+        let q: serde_json::Value = serde_json::from_str(&qt).expect("json");
         let mut q = q;
         if let Some(o) = q.as_object_mut() {
             o.remove("children"); // qemu 10 adds child node info
