@@ -99,6 +99,8 @@ pub enum Format {
     Vdi,
     /// VHD, qemu's "vpc" (read-only).
     Vpc,
+    /// VHDX (read-only).
+    Vhdx,
 }
 
 impl Format {
@@ -109,6 +111,7 @@ impl Format {
             Format::Vmdk => "vmdk",
             Format::Vdi => "vdi",
             Format::Vpc => "vpc",
+            Format::Vhdx => "vhdx",
         }
     }
     /// Parses a format name as used by qemu-img (`-f`, `-O`, `backing_fmt`).
@@ -119,7 +122,8 @@ impl Format {
             "vmdk" => Ok(Format::Vmdk),
             "vdi" => Ok(Format::Vdi),
             "vpc" => Ok(Format::Vpc),
-            "vhdx" | "qcow" | "qed" | "luks" | "parallels" | "dmg" => Err(Error::Invalid(format!(
+            "vhdx" => Ok(Format::Vhdx),
+            "qcow" | "qed" | "luks" | "parallels" | "dmg" => Err(Error::Invalid(format!(
                 "image format '{name}' is not supported yet"
             ))),
             _ => Err(Error::Invalid(format!("unknown image format '{name}'"))),
@@ -252,6 +256,9 @@ pub fn probe(path: &Path) -> Result<Format> {
     if b.len() >= 68 && u32::from_le_bytes([b[64], b[65], b[66], b[67]]) == import::VDI_SIGNATURE {
         return Ok(Format::Vdi);
     }
+    if b.len() >= 8 && b[..8] == import::VHDX_SIGNATURE {
+        return Ok(Format::Vhdx);
+    }
     if b.len() >= 8 && b[..8] == import::VHD_COOKIE {
         return Ok(Format::Vpc);
     }
@@ -288,6 +295,7 @@ pub(crate) fn open_in_chain(
         Format::Vmdk => Arc::new(import::open_vmdk(path)?),
         Format::Vdi => Arc::new(import::open_vdi(path)?),
         Format::Vpc => Arc::new(import::open_vpc(path)?),
+        Format::Vhdx => Arc::new(import::open_vhdx(path)?),
     })
 }
 

@@ -743,7 +743,7 @@ fn refcount_table_growth_and_v2_images() {
 }
 
 #[test]
-fn import_formats_vmdk_vdi_vhd_read_identically() {
+fn import_formats_vmdk_vdi_vhd_vhdx_read_identically() {
     if !have_qemu() {
         return;
     }
@@ -765,6 +765,8 @@ fn import_formats_vmdk_vdi_vhd_read_identically() {
         ("vdi", "static=on", "f.vdi"),
         ("vpc", "subformat=dynamic", "g.vhd"),
         ("vpc", "subformat=fixed", "h.vhd"),
+        ("vhdx", "subformat=dynamic", "i.vhdx"),
+        ("vhdx", "subformat=fixed,block_size=1M", "j.vhdx"),
     ];
     for &(fmt, opt, name) in cases {
         let p = d.join(name);
@@ -816,6 +818,7 @@ fn import_formats_survive_hostile_input() {
         ("vmdk", "subformat=streamOptimized", "b.vmdk"),
         ("vdi", "static=off", "c.vdi"),
         ("vpc", "subformat=dynamic", "d.vhd"),
+        ("vhdx", "subformat=dynamic", "e.vhdx"),
     ] {
         let p = d.join(name);
         qemu_img(&["convert", "-f", "raw", "-O", fmt, "-o", opt, s(&raw), s(&p)]);
@@ -850,10 +853,11 @@ fn import_formats_survive_hostile_input() {
         for _ in 0..150 {
             let mut b = orig.clone();
             for _ in 0..(rng.next() % 4 + 1) {
-                let i = if rng.next() % 2 == 0 {
-                    (rng.next() % 2048) as usize
-                } else {
-                    b.len() - 1 - (rng.next() % 1536) as usize
+                let i = match rng.next() % 4 {
+                    0 | 1 => (rng.next() % 2048) as usize,
+                    2 => b.len() - 1 - (rng.next() % 1536) as usize,
+                    // anywhere (VHDX keeps its metadata at 64 KiB..1 MiB)
+                    _ => (rng.next() % b.len() as u64) as usize,
                 };
                 b[i] = rng.next() as u8;
             }
