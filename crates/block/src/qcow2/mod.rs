@@ -736,9 +736,29 @@ impl Inner {
             let pos = off + done as u64;
             let gc = pos >> self.cb;
             let inoff = pos & (self.cs - 1);
-            let n = ((self.cs - inoff) as usize).min(buf.len() - done);
+            let mut n = ((self.cs - inoff) as usize).min(buf.len() - done);
+            let entry = self.lookup(gc)?;
+            // Coalesce following clusters with the same status (and, for
+            // data, contiguous host offsets) into one request.
+            if !matches!(entry, L2Entry::Compressed { .. }) {
+                let mut k = 1;
+                while done + n < buf.len() {
+                    let next = self.lookup(gc + k)?;
+                    let same = match (entry, next) {
+                        (L2Entry::Normal(h), L2Entry::Normal(h2)) => h2 == h + k * self.cs,
+                        (L2Entry::Unallocated, L2Entry::Unallocated) => true,
+                        (L2Entry::Zero(_), L2Entry::Zero(_)) => true,
+                        _ => false,
+                    };
+                    if !same {
+                        break;
+                    }
+                    n += (self.cs as usize).min(buf.len() - done - n);
+                    k += 1;
+                }
+            }
             let chunk = &mut buf[done..done + n];
-            match self.lookup(gc)? {
+            match entry {
                 L2Entry::Unallocated => match backing {
                     Some(b) => read_backing(b.as_ref(), chunk, pos)?,
                     None => chunk.fill(0),
@@ -1267,6 +1287,8 @@ impl Qcow2 {
                 // Refcounts may be stale (lazy refcounts / crash): rebuild.
                 log::warn!("{}: dirty bit set, rebuilding refcounts", path.display());
                 inner.rebuild_refcounts()?;
+                inner.fix_copied_flags()?;
+                inner.flush()?;
                 inner.hdr.incompatible &= !INCOMPAT_DIRTY;
                 inner.write_header_fixed()?;
                 inner.file.sync()?;
