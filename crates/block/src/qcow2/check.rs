@@ -224,6 +224,9 @@ impl Inner {
                 max = max.max((b as u64 + 1) * epb);
             }
         }
+        // Refcounts far beyond the end of the file cannot be legitimate;
+        // do not let a hostile refcount table make the scan unbounded.
+        let max = max.min(refs.refs.len() as u64 + epb);
         let mut end = 0;
         for c in 0..max {
             let r = refs.refs.get(c as usize).copied().unwrap_or(0);

@@ -1039,7 +1039,8 @@ impl Inner {
         let order = self.hdr.refcount_order;
         let flen = self.file.len()?;
         let mut count = 0u64;
-        for b in 0..self.rt.len() {
+        let file_blocks = (flen / self.cs) / epb + 1;
+        for b in 0..self.rt.len().min(file_blocks as usize) {
             let rb = self.rt[b] & REFT_OFFSET_MASK;
             if rb == 0 || rb % self.cs != 0 || rb + self.cs > flen {
                 continue;
@@ -1143,7 +1144,8 @@ impl Inner {
     pub(crate) fn alloc_end(&mut self) -> Result<u64> {
         let epb = self.epb();
         let mut last = 0;
-        for b in (0..self.rt.len()).rev() {
+        let file_blocks = (self.file.len()? / self.cs) / epb + 2;
+        for b in (0..self.rt.len().min(file_blocks as usize)).rev() {
             if self.rt[b] & REFT_OFFSET_MASK == 0 {
                 continue;
             }
