@@ -1032,3 +1032,84 @@ fn check_and_map_output_match_qemu() {
     let meta = std::fs::metadata(&full).expect("stat");
     assert!(meta.len() >= 8 << 20);
 }
+
+#[test]
+fn bench_writes_pattern_and_unsafe_rebase() {
+    if !have_qemu() {
+        return;
+    }
+    let d = TempDir::new("bench");
+    let p = d.join("b.qcow2");
+    vireo_ok(&["create", "-q", "-f", "qcow2", s(&p), "4M"]);
+    let out = vireo_ok(&[
+        "bench",
+        "-w",
+        "-c",
+        "64",
+        "-d",
+        "4",
+        "-s",
+        "4k",
+        "-S",
+        "8k",
+        "-o",
+        "1M",
+        "--pattern",
+        "7",
+        "-f",
+        "qcow2",
+        s(&p),
+    ]);
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("Sending 64 write requests, 4096 bytes each, 4 in parallel (starting at offset 1048576, step size 8192)")
+    );
+    let last = lines.next().unwrap_or("");
+    assert!(
+        last.starts_with("Run completed in ") && last.ends_with(" seconds."),
+        "{last}"
+    );
+    assert_qemu_clean(&p);
+    // 64 requests of 4k every 8k from 1M: pattern 7 there, zero in between
+    qemu_io(
+        &p,
+        "qcow2",
+        &[
+            "read -P 7 1M 4k".into(),
+            "read -P 0 1028k 4k".into(),
+            "read -P 7 1528k 4k".into(),
+        ],
+    );
+    let out = vireo_ok(&["bench", "-c", "10", "-s", "64k", s(&p)]);
+    assert!(
+        out.starts_with("Sending 10 read requests, 65536 bytes each, 64 in parallel"),
+        "{out}"
+    );
+
+    // rebase -u only rewrites the header
+    let b = d.join("base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&b), "4M"]);
+    qemu_io(&b, "qcow2", &["write -P 9 0 4M".into()]);
+    let before = qemu_read_all(&p, &d);
+    vireo_ok(&["rebase", "-u", "-b", "base.qcow2", "-F", "qcow2", s(&p)]);
+    assert_qemu_clean(&p);
+    let j: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["info", "--output", "json", s(&p)])).expect("json");
+    assert_eq!(j["backing-filename"], "base.qcow2");
+    assert_eq!(j["backing-filename-format"], "qcow2");
+    let after = qemu_read_all(&p, &d);
+    // unallocated ranges now show the new backing file's data
+    assert_eq!(&after[..4096], &[9u8; 4096][..]);
+    assert_eq!(
+        &after[1 << 20..(1 << 20) + 4096],
+        &before[1 << 20..(1 << 20) + 4096]
+    );
+    // and safe rebase back to no backing file keeps that content
+    vireo_ok(&["rebase", "-b", "", s(&p)]);
+    assert_qemu_clean(&p);
+    assert_same(&qemu_read_all(&p, &d), &after, "rebase onto nothing");
+    let j: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["info", "--output", "json", s(&p)])).expect("json");
+    assert!(j.get("backing-filename").is_none());
+}
