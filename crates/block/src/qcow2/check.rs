@@ -80,7 +80,7 @@ impl Inner {
             if l2 == 0 {
                 continue;
             }
-            if l2 % self.cs != 0 || l2 + self.cs > flen {
+            if l2 % self.cs != 0 || l2.saturating_add(self.cs) > flen {
                 rep.messages.push(format!(
                     "ERROR l2_offset=0x{l2:x}: L2 table is not cluster aligned or lies beyond the end of the file; L1 entry {i} corrupted"
                 ));
@@ -197,7 +197,7 @@ impl Inner {
             if rb == 0 {
                 continue;
             }
-            if rb % self.cs != 0 || rb + self.cs > flen {
+            if rb % self.cs != 0 || rb.saturating_add(self.cs) > flen {
                 rep.messages.push(format!(
                     "ERROR refcount block {b} at 0x{rb:x} is not cluster aligned or lies beyond the end of the file"
                 ));
@@ -220,7 +220,7 @@ impl Inner {
         let mut max = refs.refs.len() as u64;
         for (b, &e) in self.rt.iter().enumerate() {
             let rb = e & REFT_OFFSET_MASK;
-            if rb != 0 && rb % self.cs == 0 && rb + self.cs <= flen {
+            if rb != 0 && rb % self.cs == 0 && rb.saturating_add(self.cs) <= flen {
                 max = max.max((b as u64 + 1) * epb);
             }
         }
@@ -232,7 +232,7 @@ impl Inner {
             let r = refs.refs.get(c as usize).copied().unwrap_or(0);
             let b = (c / epb) as usize;
             let rb = self.rt.get(b).copied().unwrap_or(0) & REFT_OFFSET_MASK;
-            let rc = if rb == 0 || rb % self.cs != 0 || rb + self.cs > flen {
+            let rc = if rb == 0 || rb % self.cs != 0 || rb.saturating_add(self.cs) > flen {
                 0
             } else {
                 self.get_refcount(c)?

@@ -1042,7 +1042,7 @@ impl Inner {
         let file_blocks = (flen / self.cs) / epb + 1;
         for b in 0..self.rt.len().min(file_blocks as usize) {
             let rb = self.rt[b] & REFT_OFFSET_MASK;
-            if rb == 0 || rb % self.cs != 0 || rb + self.cs > flen {
+            if rb == 0 || rb % self.cs != 0 || rb.saturating_add(self.cs) > flen {
                 continue;
             }
             self.load(rb, Kind::Refblock, "refcount block")?;
