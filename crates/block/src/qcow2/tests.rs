@@ -625,3 +625,18 @@ fn small_cache_with_many_l2_tables() {
         &r.messages[..r.messages.len().min(5)]
     );
 }
+
+#[test]
+fn huge_refcount_table_entries_do_not_overflow() {
+    // Regression (cargo fuzz): refcount table entries near u64::MAX.
+    let t = Tmp::new();
+    let p = t.join("rt.qcow2");
+    mk(&p, 1 << 20, 65536);
+    patch(&p, 65536 + 8, &0xffff_ffff_ffff_fe00u64.to_be_bytes());
+    let img = open(&p, &ro()).expect("open");
+    let r = img.as_qcow2().expect("q").check().expect("check");
+    assert!(r.corruptions > 0, "{:?}", r.messages);
+    assert!(r.messages.iter().any(|m| m.contains("refcount block 1")), "{:?}", r.messages);
+    let mut b = [0u8; 16];
+    img.read_at(&mut b, 0).expect("reads still work");
+}
