@@ -636,7 +636,11 @@ fn huge_refcount_table_entries_do_not_overflow() {
     let img = open(&p, &ro()).expect("open");
     let r = img.as_qcow2().expect("q").check().expect("check");
     assert!(r.corruptions > 0, "{:?}", r.messages);
-    assert!(r.messages.iter().any(|m| m.contains("refcount block 1")), "{:?}", r.messages);
+    assert!(
+        r.messages.iter().any(|m| m.contains("refcount block 1")),
+        "{:?}",
+        r.messages
+    );
     let mut b = [0u8; 16];
     img.read_at(&mut b, 0).expect("reads still work");
 }
