@@ -108,6 +108,8 @@ impl HostFile {
                 path: self.path.clone(),
             });
         }
+        #[cfg(test)]
+        journal::record(&self.path, journal::Op::Write(offset, buf.to_vec()));
         self.file
             .write_all_at(buf, offset)
             .map_err(|e| Error::io(&self.path, "write", e))
@@ -117,12 +119,16 @@ impl HostFile {
         if self.read_only {
             return Ok(());
         }
+        #[cfg(test)]
+        journal::record(&self.path, journal::Op::Sync);
         self.file
             .sync_data()
             .map_err(|e| Error::io(&self.path, "fsync", e))
     }
 
     pub fn set_len(&self, len: u64) -> Result<()> {
+        #[cfg(test)]
+        journal::record(&self.path, journal::Op::SetLen(len));
         self.file
             .set_len(len)
             .map_err(|e| Error::io(&self.path, "truncate", e))
@@ -189,5 +195,54 @@ impl HostFile {
             return (true, limit);
         }
         (true, (hole as u64).min(limit).max(offset + 1).min(limit))
+    }
+}
+
+/// Test-only journal of every modification of one file, used to replay
+/// simulated power failures (see `qcow2::tests::power_failure_*`).
+#[cfg(test)]
+pub(crate) mod journal {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    #[derive(Debug, Clone)]
+    pub enum Op {
+        Write(u64, Vec<u8>),
+        SetLen(u64),
+        Sync,
+    }
+
+    type Log = Option<(PathBuf, Vec<Op>)>;
+    static LOG: Mutex<Log> = Mutex::new(None);
+
+    pub fn start(p: &Path) {
+        if let Ok(mut l) = LOG.lock() {
+            *l = Some((p.to_path_buf(), Vec::new()));
+        }
+    }
+
+    pub fn len() -> usize {
+        LOG.lock()
+            .ok()
+            .and_then(|l| l.as_ref().map(|(_, v)| v.len()))
+            .unwrap_or(0)
+    }
+
+    pub fn stop() -> Vec<Op> {
+        LOG.lock()
+            .ok()
+            .and_then(|mut l| l.take())
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    }
+
+    pub fn record(p: &Path, op: Op) {
+        if let Ok(mut l) = LOG.lock() {
+            if let Some((path, v)) = l.as_mut() {
+                if path == p {
+                    v.push(op);
+                }
+            }
+        }
     }
 }
