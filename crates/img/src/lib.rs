@@ -115,6 +115,11 @@ pub struct ConvertArgs {
     pub options: Vec<String>,
     #[arg(short = 'n')]
     pub no_create: bool,
+    /// Backing file of the target: only data differing from it is written.
+    #[arg(short = 'B')]
+    pub backing: Option<String>,
+    #[arg(short = 'F')]
+    pub backing_fmt: Option<String>,
     #[arg(short = 'q')]
     pub quiet: bool,
     #[arg(short = 'U', long = "force-share")]
@@ -743,11 +748,24 @@ fn convert(a: ConvertArgs) -> R<u8> {
     let size = src.size();
     let mut copts = create_options(ofmt, &a.options)?;
     copts.size = size;
-    if copts.backing_file.is_some() {
-        return fail(
-            "convert with a backing file for the target (-B / backing_file) is not supported yet",
-        );
+    if let Some(b) = &a.backing {
+        copts.backing_file = Some(b.clone());
     }
+    if let Some(f) = &a.backing_fmt {
+        copts.backing_format = Some(Format::from_name(f)?);
+    }
+    if let Some(b) = &copts.backing_file {
+        if ofmt != Format::Qcow2 {
+            return fail(format!(
+                "Backing file not supported for file format '{ofmt}'"
+            ));
+        }
+        if copts.backing_format.is_none() {
+            let bp = vireo_block::qcow2::resolve_backing(&a.dst, b);
+            copts.backing_format = Some(vireo_block::probe(&bp)?);
+        }
+    }
+    let with_backing = copts.backing_file.is_some();
     if a.compress && ofmt != Format::Qcow2 {
         return fail("Compression not supported for this file format");
     }
@@ -763,7 +781,7 @@ fn convert(a: ConvertArgs) -> R<u8> {
         &OpenOptions {
             format: Some(ofmt),
             read_only: false,
-            open_backing: false,
+            open_backing: with_backing,
             ..Default::default()
         },
     )?;
@@ -778,7 +796,30 @@ fn convert(a: ConvertArgs) -> R<u8> {
     let mut buf = vec![0u8; chunk as usize];
     let mut off = 0u64;
     progress(a.quiet, a.progress, 0, size);
+    let mut old = vec![0u8; chunk as usize];
     while off < size {
+        if with_backing && !a.compress {
+            // Write only what differs from the target's backing chain.
+            let n = (size - off).min(chunk) as usize;
+            src.read_at(&mut buf[..n], off)?;
+            dst.read_at(&mut old[..n], off)?;
+            let gran = 64 << 10;
+            let mut i = 0;
+            while i < n {
+                let e = (i + gran).min(n);
+                if buf[i..e] != old[i..e] {
+                    if buf[i..e].iter().all(|&x| x == 0) {
+                        dst.write_zeroes(off + i as u64, (e - i) as u64)?;
+                    } else {
+                        dst.write_at(&buf[i..e], off + i as u64)?;
+                    }
+                }
+                i = e;
+            }
+            off += n as u64;
+            progress(a.quiet, a.progress, off, size);
+            continue;
+        }
         let ext = src.block_status(off, (size - off).min(chunk))?;
         let n = ext.length;
         if ext.kind != ExtentKind::Data {

@@ -1112,3 +1112,52 @@ fn bench_writes_pattern_and_unsafe_rebase() {
         serde_json::from_str(&qemu_img(&["info", "--output", "json", s(&p)])).expect("json");
     assert!(j.get("backing-filename").is_none());
 }
+
+#[test]
+fn convert_with_backing_writes_only_differences() {
+    if !have_qemu() {
+        return;
+    }
+    let d = TempDir::new("cvb");
+    let base = d.join("base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&base), "4M"]);
+    qemu_io(&base, "qcow2", &["write -P 1 0 4M".into()]);
+    // source = base content with two modified ranges (one of them zeroed)
+    let src = d.join("src.raw");
+    let mut data = vec![1u8; 4 << 20];
+    data[100_000..110_000].fill(7);
+    data[(2 << 20)..(2 << 20) + (64 << 10)].fill(0);
+    std::fs::write(&src, &data).expect("write");
+    let out = d.join("out.qcow2");
+    vireo_ok(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-B",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        s(&src),
+        s(&out),
+    ]);
+    assert_qemu_clean(&out);
+    assert_same(&qemu_read_all(&out, &d), &data, "convert -B content");
+    let j: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["info", "--output", "json", s(&out)])).expect("json");
+    assert_eq!(j["backing-filename"], "base.qcow2");
+    // only the differing 64k pieces are allocated in the top layer
+    let m: serde_json::Value =
+        serde_json::from_str(&qemu_img(&["map", "--output", "json", s(&out)])).expect("json");
+    let top: u64 = m
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["depth"] == 0 && e["present"] == true)
+                .map(|e| e["length"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0);
+    assert!(top <= 4 * 65536, "top layer holds {top} bytes");
+}
