@@ -596,7 +596,17 @@ fn resize_rebase_commit_compare_measure() {
     );
     assert!(
         vireo(&["resize", s(&p), "-1M"]).status.code() != Some(0),
-        "shrink refused"
+        "shrink needs --shrink"
+    );
+    // shrink to 700k (not cluster aligned), grow back: the cut part reads 0
+    vireo_ok(&["resize", "--shrink", s(&p), "700k"]);
+    assert_qemu_clean(&p);
+    vireo_ok(&["resize", s(&p), "2M"]);
+    assert_qemu_clean(&p);
+    qemu_io(
+        &p,
+        "qcow2",
+        &["read -P 3 0 700k".into(), "read -P 0 700k 1348k".into()],
     );
 
     // rebase: base1 <- top; rebase top onto base2 (safe) keeps content

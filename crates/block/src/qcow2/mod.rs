@@ -1096,9 +1096,24 @@ impl Inner {
         self.flush_refcounts(false)
     }
 
-    fn resize(&mut self, new_size: u64) -> Result<()> {
+    fn resize(&mut self, new_size: u64, backing: Option<&Arc<dyn BlockBackend>>) -> Result<()> {
+        let new_size = new_size.div_ceil(512) * 512;
         if new_size < self.hdr.size {
-            return Err(Error::unsupported(self.path(), "shrinking qcow2 images"));
+            if !self.snapshots.is_empty() {
+                return Err(Error::unsupported(
+                    self.path(),
+                    "shrinking images that have internal snapshots",
+                ));
+            }
+            // Everything beyond the new end must read as zeroes if the
+            // image grows again: zero the range (deallocating whole
+            // clusters), then shrink the header's size.
+            let end = self.hdr.size.div_ceil(self.cs) * self.cs;
+            self.zero_or_discard(new_size, end - new_size, true, backing)?;
+            self.flush()?;
+            self.hdr.size = new_size;
+            self.write_header_fixed()?;
+            return self.file.sync();
         }
         if !self.snapshots.is_empty() && self.hdr.version < 3 {
             return Err(Error::unsupported(
@@ -1472,8 +1487,8 @@ impl BlockBackend for Qcow2 {
     fn resize(&self, new_size: u64) -> Result<()> {
         self.ro()?;
         let mut g = self.lock();
-        g.resize(new_size)?;
-        self.size.store(new_size, Ordering::Release);
+        g.resize(new_size, self.backing.as_ref())?;
+        self.size.store(g.hdr.size, Ordering::Release);
         Ok(())
     }
     fn backing(&self) -> Option<&Arc<dyn BlockBackend>> {
@@ -1578,7 +1593,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
     {
         let mut g = img.lock();
         // qemu addresses qcow2 images in 512-byte sectors.
-        g.resize(opts.size.div_ceil(512) * 512)?;
+        g.resize(opts.size, None)?;
         if opts.preallocation != Preallocation::Off {
             g.preallocate(opts.preallocation)?;
         }
