@@ -1123,10 +1123,21 @@ impl Inner {
         }
         let need = Header::l1_entries_for(new_size, self.cb);
         self.grow_l1(need)?;
+        let old_size = self.hdr.size;
         self.flush()?;
         self.hdr.size = new_size;
         self.write_header_fixed()?;
-        self.file.sync()
+        self.file.sync()?;
+        // The new area must read as zeroes, not as a longer backing file's
+        // data showing through (as qemu does).
+        if let Some(b) = backing {
+            let end = b.size().min(new_size);
+            if end > old_size {
+                self.zero_or_discard(old_size, end - old_size, true, Some(b))?;
+                self.flush()?;
+            }
+        }
+        Ok(())
     }
 
     /// Preallocates every cluster (`metadata`: allocated, unwritten;

@@ -821,3 +821,41 @@ fn power_failure_at_any_point_leaves_only_leaks() {
     }
     assert!(checked > 300, "{checked} crash points");
 }
+
+#[test]
+fn growing_an_overlay_hides_a_longer_backing_file() {
+    let t = Tmp::new();
+    let base = t.join("base.qcow2");
+    mk(&base, 1 << 20, 4096);
+    {
+        let b = open(&base, &OpenOptions::default()).expect("open");
+        b.write_at(&[5; 1 << 20], 0).expect("write");
+    }
+    let top = t.join("top.qcow2");
+    crate::create(
+        &top,
+        &CreateOptions {
+            size: 100_000,
+            cluster_size: 4096,
+            backing_file: Some("base.qcow2".into()),
+            backing_format: Some(Format::Qcow2),
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    let img = open(&top, &OpenOptions::default()).expect("open");
+    let old = img.size();
+    img.resize(1 << 20).expect("grow");
+    let mut b = vec![9u8; (1 << 20) - old as usize];
+    img.read_at(&mut b, old).expect("read");
+    assert!(
+        b.iter().all(|&x| x == 0),
+        "backing data shows through the grown area"
+    );
+    let mut head = vec![0u8; old as usize];
+    img.read_at(&mut head, 0).expect("read");
+    assert!(head.iter().all(|&x| x == 5));
+    img.flush().expect("flush");
+    let r = img.as_qcow2().expect("q").check().expect("check");
+    assert_eq!((r.corruptions, r.leaks), (0, 0), "{:?}", r.messages);
+}
