@@ -620,14 +620,35 @@ impl Inner {
         }
         if !self.pending_free.is_empty() {
             let frees = std::mem::take(&mut self.pending_free);
+            let mut released = Vec::new();
             for (off, len) in frees {
                 let first = off / self.cs;
                 let last = (off + len.max(1) - 1) / self.cs;
                 for c in first..=last {
                     self.add_refcount(c, -1)?;
+                    if self.get_refcount(c)? == 0 {
+                        released.push(c);
+                    }
                 }
             }
             self.flush_refcounts(false)?;
+            // Give the space of released clusters back to the host file
+            // system (discard passthrough). Nothing durable references them.
+            released.sort_unstable();
+            released.dedup();
+            let mut i = 0;
+            while i < released.len() {
+                let mut j = i + 1;
+                while j < released.len() && released[j] == released[j - 1] + 1 {
+                    j += 1;
+                }
+                let start = released[i] * self.cs;
+                let len = (j - i) as u64 * self.cs;
+                if let Err(e) = self.file.punch_hole(start, len) {
+                    log::debug!("{}: punching a hole failed: {e}", self.path().display());
+                }
+                i = j;
+            }
         }
         Ok(())
     }

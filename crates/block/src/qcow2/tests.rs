@@ -859,3 +859,31 @@ fn growing_an_overlay_hides_a_longer_backing_file() {
     let r = img.as_qcow2().expect("q").check().expect("check");
     assert_eq!((r.corruptions, r.leaks), (0, 0), "{:?}", r.messages);
 }
+
+#[test]
+fn discard_returns_space_to_the_host() {
+    let t = Tmp::new();
+    let p = t.join("d.qcow2");
+    mk(&p, 16 << 20, 65536);
+    let img = open(&p, &OpenOptions::default()).expect("open");
+    img.write_at(&vec![1u8; 8 << 20], 0).expect("write");
+    img.flush().expect("flush");
+    let before = img.actual_size();
+    img.discard(0, 8 << 20).expect("discard");
+    img.flush().expect("flush");
+    let after = img.actual_size();
+    assert!(after + (7 << 20) < before, "before {before} after {after}");
+    let mut b = vec![1u8; 4096];
+    img.read_at(&mut b, 4 << 20).expect("read");
+    assert!(b.iter().all(|&x| x == 0));
+    // the freed clusters are reused
+    img.write_at(&vec![2u8; 1 << 20], 0).expect("write");
+    img.flush().expect("flush");
+    let r = img.as_qcow2().expect("q").check().expect("check");
+    assert_eq!((r.corruptions, r.leaks), (0, 0), "{:?}", r.messages);
+    assert!(
+        r.image_end_offset <= (8 << 20) + (6 << 16),
+        "{}",
+        r.image_end_offset
+    );
+}
