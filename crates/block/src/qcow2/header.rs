@@ -292,6 +292,18 @@ impl Header {
                 ));
             }
         }
+        if h.nb_snapshots > 0 {
+            let snap = (h.snapshots_offset, h.nb_snapshots as u64 * 40);
+            if overlap(snap, (h.refcount_table_offset, rt_bytes))
+                || (h.l1_size > 0 && overlap(snap, (h.l1_table_offset, h.l1_size as u64 * 8)))
+            {
+                return Err(Error::field(
+                    path,
+                    "snapshots_offset",
+                    "snapshot table overlaps the L1 or refcount table",
+                ));
+            }
+        }
         // Features.
         if h.incompatible & INCOMPAT_DATA_FILE != 0 {
             return Err(Error::unsupported(path, "external data files"));

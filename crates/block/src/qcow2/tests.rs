@@ -230,6 +230,7 @@ fn header_fields_out_of_range() {
         (60, 10u32.to_be_bytes().to_vec(), "snapshots_offset"),
         (96, 7u32.to_be_bytes().to_vec(), "refcount_order"),
         (100, 20u32.to_be_bytes().to_vec(), "header_length"),
+        (48, 0x30000u64.to_be_bytes().to_vec(), "l1_table_offset"),
         (100, 0x100_0000u32.to_be_bytes().to_vec(), "header_length"),
     ];
     for (i, (off, bytes, field)) in cases.into_iter().enumerate() {
@@ -237,6 +238,13 @@ fn header_fields_out_of_range() {
         patch(&p, off, &bytes);
         if field == "snapshots_offset" {
             patch(&p, 64, &(1u64 << 40).to_be_bytes());
+        }
+        if off == 60 && field == "snapshots_offset" {
+            // and one overlapping the refcount table
+            let q = fresh(&format!("h{i}b.qcow2"));
+            patch(&q, 60, &1u32.to_be_bytes());
+            patch(&q, 64, &0x10000u64.to_be_bytes());
+            expect_field(&q, "snapshots_offset");
         }
         expect_field(&p, field);
     }
