@@ -31,7 +31,7 @@ mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use check::{CheckReport, RepairMode};
@@ -146,7 +146,7 @@ impl Cache {
 }
 
 pub(crate) struct Inner {
-    pub(crate) file: HostFile,
+    pub(crate) file: Arc<HostFile>,
     pub(crate) hdr: Header,
     pub(crate) cb: u32,
     pub(crate) cs: u64,
@@ -163,12 +163,18 @@ pub(crate) struct Inner {
     comp_cursor: u64,
     has_backing: bool,
     meta_prealloc: Option<bool>,
+    /// Reads currently doing data I/O outside the lock; while non-zero,
+    /// released clusters are not handed back (they might still be read).
+    inflight: Arc<AtomicUsize>,
 }
 
 /// An open qcow2 image.
 pub struct Qcow2 {
     path: PathBuf,
     inner: Mutex<Inner>,
+    file: Arc<HostFile>,
+    cluster_size: u64,
+    inflight: Arc<AtomicUsize>,
     backing: Option<Arc<dyn BlockBackend>>,
     read_only: bool,
     size: AtomicU64,
@@ -619,6 +625,9 @@ impl Inner {
             self.file.sync()?;
         }
         if !self.pending_free.is_empty() {
+            // A read that looked up a cluster before it was released may
+            // still be reading it: wait for those (new reads need the lock).
+            self.wait_no_readers();
             let frees = std::mem::take(&mut self.pending_free);
             let mut released = Vec::new();
             for (off, len) in frees {
@@ -651,6 +660,14 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Waits until no read is doing data I/O outside the lock. Must be
+    /// called with the lock held (so no new read can start).
+    pub(crate) fn wait_no_readers(&self) {
+        while self.inflight.load(Ordering::Acquire) != 0 {
+            std::thread::yield_now();
+        }
     }
 
     fn free_later(&mut self, entry: L2Entry) {
@@ -686,34 +703,7 @@ impl Inner {
     }
 
     fn read_compressed(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let flen = self.file.len()?;
-        if offset >= flen {
-            return Err(Error::corrupt(
-                self.path(),
-                format!("compressed cluster at 0x{offset:x} lies beyond the end of the file"),
-            ));
-        }
-        let len = len.min(flen - offset).min(2 * self.cs);
-        let mut c = vec![0u8; len as usize];
-        self.file.read_at(&mut c, offset)?;
-        let out = miniz_oxide::inflate::decompress_to_vec_with_limit(&c, self.cs as usize)
-            .map_err(|e| {
-                Error::corrupt(
-                    self.path(),
-                    format!("cannot decompress cluster at 0x{offset:x}: {e:?}"),
-                )
-            })?;
-        if out.len() != self.cs as usize {
-            return Err(Error::corrupt(
-                self.path(),
-                format!(
-                    "compressed cluster at 0x{offset:x} inflates to {} bytes, not {}",
-                    out.len(),
-                    self.cs
-                ),
-            ));
-        }
-        Ok(out)
+        inflate_cluster(&self.file, self.cs, offset, len)
     }
 
     /// Reads the current content of guest cluster `gc` into `buf`
@@ -746,24 +736,21 @@ impl Inner {
         }
     }
 
-    fn read(
-        &mut self,
-        buf: &mut [u8],
-        off: u64,
-        backing: Option<&Arc<dyn BlockBackend>>,
-    ) -> Result<()> {
+    /// Maps a read request to pieces of uniform status (under the lock).
+    fn plan_read(&mut self, off: u64, len: usize) -> Result<Vec<ReadPiece>> {
+        let mut out = Vec::new();
         let mut done = 0usize;
-        while done < buf.len() {
+        while done < len {
             let pos = off + done as u64;
             let gc = pos >> self.cb;
             let inoff = pos & (self.cs - 1);
-            let mut n = ((self.cs - inoff) as usize).min(buf.len() - done);
+            let mut n = ((self.cs - inoff) as usize).min(len - done);
             let entry = self.lookup(gc)?;
             // Coalesce following clusters with the same status (and, for
             // data, contiguous host offsets) into one request.
             if !matches!(entry, L2Entry::Compressed { .. }) {
                 let mut k = 1;
-                while done + n < buf.len() {
+                while done + n < len {
                     let next = self.lookup(gc + k)?;
                     let same = match (entry, next) {
                         (L2Entry::Normal(h), L2Entry::Normal(h2)) => h2 == h + k * self.cs,
@@ -774,26 +761,20 @@ impl Inner {
                     if !same {
                         break;
                     }
-                    n += (self.cs as usize).min(buf.len() - done - n);
+                    n += (self.cs as usize).min(len - done - n);
                     k += 1;
                 }
             }
-            let chunk = &mut buf[done..done + n];
-            match entry {
-                L2Entry::Unallocated => match backing {
-                    Some(b) => read_backing(b.as_ref(), chunk, pos)?,
-                    None => chunk.fill(0),
-                },
-                L2Entry::Zero(_) => chunk.fill(0),
-                L2Entry::Normal(h) => self.file.read_at(chunk, h + inoff)?,
-                L2Entry::Compressed { offset, len } => {
-                    let d = self.read_compressed(offset, len)?;
-                    chunk.copy_from_slice(&d[inoff as usize..inoff as usize + n]);
-                }
-            }
+            out.push(ReadPiece {
+                at: done,
+                n,
+                entry,
+                pos,
+                inoff,
+            });
             done += n;
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Returns the offset of a writable (refcount 1) L2 table for L1 index
@@ -1211,6 +1192,47 @@ impl Inner {
     }
 }
 
+/// Reads and inflates one compressed cluster (raw deflate).
+fn inflate_cluster(file: &HostFile, cs: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let flen = file.len()?;
+    if offset >= flen {
+        return Err(Error::corrupt(
+            file.path(),
+            format!("compressed cluster at 0x{offset:x} lies beyond the end of the file"),
+        ));
+    }
+    let len = len.min(flen - offset).min(2 * cs);
+    let mut c = vec![0u8; len as usize];
+    file.read_at(&mut c, offset)?;
+    let out = miniz_oxide::inflate::decompress_to_vec_with_limit(&c, cs as usize).map_err(|e| {
+        Error::corrupt(
+            file.path(),
+            format!("cannot decompress cluster at 0x{offset:x}: {e:?}"),
+        )
+    })?;
+    if out.len() != cs as usize {
+        return Err(Error::corrupt(
+            file.path(),
+            format!(
+                "compressed cluster at 0x{offset:x} inflates to {} bytes, not {cs}",
+                out.len()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// One piece of a read request: `n` bytes at buffer offset `at`.
+struct ReadPiece {
+    at: usize,
+    n: usize,
+    entry: L2Entry,
+    /// Guest offset of the piece.
+    pos: u64,
+    /// Offset of `pos` within its cluster.
+    inoff: u64,
+}
+
 fn chain_depth(b: &dyn BlockBackend) -> u32 {
     match b.backing() {
         Some(n) => 1 + chain_depth(n.as_ref()),
@@ -1307,8 +1329,11 @@ impl Qcow2 {
         let cap = (opts.cache_bytes as u64 / cs).max(4) as usize;
         let rt_disk_cap = rt.len();
         let has_backing = hdr.backing_file.is_some();
+        let file = Arc::new(file);
+        let inflight = Arc::new(AtomicUsize::new(0));
         let mut inner = Inner {
-            file,
+            file: file.clone(),
+            inflight: inflight.clone(),
             cb,
             cs,
             l2_entries: cs / 8,
@@ -1353,6 +1378,9 @@ impl Qcow2 {
         Ok(Qcow2 {
             path: path.to_path_buf(),
             inner: Mutex::new(inner),
+            file,
+            cluster_size: cs,
+            inflight,
             backing,
             read_only: opts.read_only,
             size: AtomicU64::new(size),
@@ -1371,6 +1399,26 @@ impl Qcow2 {
         } else {
             Ok(())
         }
+    }
+
+    fn read_pieces(&self, buf: &mut [u8], plan: &[ReadPiece]) -> Result<()> {
+        for p in plan {
+            let chunk = &mut buf[p.at..p.at + p.n];
+            match p.entry {
+                L2Entry::Unallocated => match &self.backing {
+                    Some(b) => read_backing(b.as_ref(), chunk, p.pos)?,
+                    None => chunk.fill(0),
+                },
+                L2Entry::Zero(_) => chunk.fill(0),
+                L2Entry::Normal(h) => self.file.read_at(chunk, h + p.inoff)?,
+                L2Entry::Compressed { offset, len } => {
+                    let d = inflate_cluster(&self.file, self.cluster_size, offset, len)?;
+                    let i = p.inoff as usize;
+                    chunk.copy_from_slice(&d[i..i + p.n]);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn is_read_only_img(&self) -> bool {
@@ -1471,9 +1519,22 @@ impl BlockBackend for Qcow2 {
         self.read_only
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let mut g = self.lock();
-        check_range(&self.path, offset, buf.len() as u64, g.hdr.size)?;
-        g.read(buf, offset, self.backing.as_ref())
+        // Metadata lookup under the lock, data I/O outside it.
+        let plan = {
+            let mut g = self.lock();
+            check_range(&self.path, offset, buf.len() as u64, g.hdr.size)?;
+            let plan = g.plan_read(offset, buf.len())?;
+            self.inflight.fetch_add(1, Ordering::AcqRel);
+            plan
+        };
+        struct Done<'a>(&'a AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _done = Done(&self.inflight);
+        self.read_pieces(buf, &plan)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         self.ro()?;

@@ -360,6 +360,7 @@ impl Qcow2 {
             });
         }
         let mut g = self.lock();
+        g.wait_no_readers();
         g.flush()?;
         let i = g.find_snapshot(name)?;
         let s = g.snapshots[i].clone();
@@ -395,6 +396,7 @@ impl Qcow2 {
             });
         }
         let mut g = self.lock();
+        g.wait_no_readers();
         g.flush()?;
         let i = g.find_snapshot(name)?;
         let s = g.snapshots[i].clone();
