@@ -120,6 +120,13 @@ pub struct ConvertArgs {
     pub backing: Option<String>,
     #[arg(short = 'F')]
     pub backing_fmt: Option<String>,
+    /// Accepted for compatibility (parallel coroutines); requests are
+    /// issued sequentially.
+    #[arg(short = 'm')]
+    pub coroutines: Option<u32>,
+    /// Accepted for compatibility (out-of-order writes).
+    #[arg(short = 'W')]
+    pub out_of_order: bool,
     #[arg(short = 'q')]
     pub quiet: bool,
     #[arg(short = 'U', long = "force-share")]
@@ -164,6 +171,10 @@ pub struct SnapshotArgs {
 pub struct MapArgs {
     #[arg(short = 'f')]
     pub fmt: Option<String>,
+    #[arg(long = "start-offset")]
+    pub start_offset: Option<String>,
+    #[arg(long = "max-length")]
+    pub max_length: Option<String>,
     #[arg(long = "output", default_value = "human")]
     pub output: String,
     #[arg(short = 'U', long = "force-share")]
@@ -935,10 +946,13 @@ struct MapEntry {
     offset: Option<u64>,
 }
 
-fn map_entries(img: &dyn BlockBackend) -> R<Vec<MapEntry>> {
-    let size = img.size();
+fn map_entries(img: &dyn BlockBackend, start: u64, max_len: Option<u64>) -> R<Vec<MapEntry>> {
+    let size = match max_len {
+        Some(l) => img.size().min(start.saturating_add(l)),
+        None => img.size(),
+    };
     let mut out: Vec<MapEntry> = Vec::new();
-    let mut off = 0;
+    let mut off = start.min(size);
     while off < size {
         let e = img.block_status(off, (size - off).min(1 << 30))?;
         let me = MapEntry {
@@ -976,7 +990,13 @@ fn map_entries(img: &dyn BlockBackend) -> R<Vec<MapEntry>> {
 
 fn map(a: MapArgs) -> R<u8> {
     let img = open(&a.filename, &a.fmt, true)?;
-    let entries = map_entries(img.as_ref())?;
+    let parse = |v: &Option<String>| -> R<Option<u64>> {
+        v.as_deref()
+            .map(|x| parse_size(x).map_err(|e| Fail(e, 1)))
+            .transpose()
+    };
+    let start = parse(&a.start_offset)?.unwrap_or(0);
+    let entries = map_entries(img.as_ref(), start, parse(&a.max_length)?)?;
     if a.output == "json" {
         let lines: Vec<String> = entries
             .iter()
