@@ -685,6 +685,7 @@ fn power_failure_at_any_point_leaves_only_leaks() {
     let mut touched: Vec<(usize, usize, usize)> = Vec::new();
     let mut shadow = vec![0u8; size];
     let mut snap_windows: Vec<(usize, usize)> = Vec::new();
+    let mut snap_content = Vec::new();
     journal::start(&p);
     {
         let img = open(&p, &OpenOptions::default()).expect("open");
@@ -724,6 +725,21 @@ fn power_failure_at_any_point_leaves_only_leaks() {
                     .snapshot_create("s")
                     .expect("snap");
                 snap_windows.push((start, journal::len()));
+                flushes.push((journal::len(), shadow.clone()));
+                snap_content = shadow.clone();
+            }
+            if i == 60 {
+                // revert to the snapshot taken at i == 40
+                img.flush().expect("flush");
+                let start = journal::len();
+                img.as_qcow2()
+                    .expect("q")
+                    .snapshot_apply("s")
+                    .expect("apply");
+                snap_windows.push((start, journal::len()));
+                shadow = snap_content.clone();
+                // the whole disk may change during apply
+                touched.push((start, 0, size));
                 flushes.push((journal::len(), shadow.clone()));
             }
             if i == 80 {
