@@ -16,7 +16,13 @@ pub fn have_qemu() -> bool {
             .map(|o| o.status.success())
             .unwrap_or(false);
         if !ok {
-            eprintln!("SKIP: {tool} not found (install qemu-utils) — interop test skipped");
+            // Written to the real stderr (not the captured test output) so
+            // the skip is visible in a normal `cargo test` run.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP: {tool} not found (install qemu-utils) — interop test skipped"
+            );
             return false;
         }
     }
