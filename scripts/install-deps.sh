@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Installs what vireo's build, tests and benchmarks need on a Debian machine (idempotent).
+# Installs what vireo's build, tests and benchmarks need on a Debian machine (idempotent),
+# then checks that every tool is really there.
 set -euo pipefail
 pkgs=(gcc binutils qemu-utils qemu-system-x86 acpica-tools)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@"
+}
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    apt_install "${missing[@]}"
 fi
+# Debian's qemu-system-x86 can displace a newer qemu-utils installed from elsewhere; the
+# interop tests need qemu-img and qemu-io whatever their version.
+if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null; then
+    apt_install qemu-utils
+fi
+for tool in gcc objcopy qemu-img qemu-io qemu-system-x86_64 iasl; do
+    command -v "$tool" >/dev/null || { echo "install-deps: $tool is missing after installing ${pkgs[*]}" >&2; exit 1; }
+done
