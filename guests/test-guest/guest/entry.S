@@ -309,6 +309,16 @@ vtg_irq_lapic:
     popq %rax
     iretq
 
+/* COM1 (IRQ4 -> vector 0x24): count, EOI to the master 8259. */
+    .globl vtg_irq_com1
+vtg_irq_com1:
+    incq vtg_serial_irqs(%rip)
+    pushq %rax
+    movb $0x20, %al
+    outb %al, $0x20
+    popq %rax
+    iretq
+
 /* Other master-PIC IRQs (0x21..0x27). */
     .globl vtg_irq_master
 vtg_irq_master:
@@ -346,6 +356,7 @@ vtg_irq_ignore:
  *   8: inb   9: inw  10: inl    (EDX = port; value returned in EAX)
  *  11: cpuid (ESI = leaf, ECX = sub-leaf; returns EAX, EBX, ECX, EDX)
  *  12: open a short interrupt window (sti, spin, cli); clobbers ECX
+ *  13: wrmsr (ESI = MSR index, RDX = 64-bit value)
  * Port I/O and CPUID live here because a host may run guest user mode as real user mode:
  * then IOPL=3 is not honoured (in/out fault) and CPUID reports the host's CPU. `syscall`
  * rather than `int $0x80` because such hosts forward exactly the transitions a Linux
@@ -357,7 +368,7 @@ vtg_syscall:
     cmpl $0x47560b0f, (%r11)
     jne vtg_exc6                    /* a genuine #UD: report it */
     addq $4, (%rsp)
-    cmpl $13, %edi
+    cmpl $14, %edi
     jae 99f
     jmp *sys_table(,%rdi,8)
 99: iretq
@@ -400,11 +411,16 @@ vtg_syscall:
     jnz 3b
     cli
     iretq
+23: movl %esi, %ecx
+    movl %edx, %eax
+    shrq $32, %rdx
+    wrmsr
+    iretq
 
     .section .rodata
     .balign 8
 sys_table:
-    .quad 10b, 11b, 12b, 13b, 14b, 15b, 16b, 17b, 18b, 19b, 20b, 21b, 22b
+    .quad 10b, 11b, 12b, 13b, 14b, 15b, 16b, 17b, 18b, 19b, 20b, 21b, 22b, 23b
     .text
 
 /* ---------------------------------------------------------------------- */

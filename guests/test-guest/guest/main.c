@@ -30,9 +30,10 @@ extern void vtg_exc0(void), vtg_exc1(void), vtg_exc2(void), vtg_exc3(void),
     vtg_exc16(void), vtg_exc17(void), vtg_exc18(void), vtg_exc19(void),
     vtg_exc20(void), vtg_exc21(void);
 extern void vtg_irq0(void), vtg_irq_master(void), vtg_irq_slave(void),
-    vtg_irq_ignore(void), vtg_syscall(void), vtg_irq_lapic(void);
+    vtg_irq_ignore(void), vtg_syscall(void), vtg_irq_lapic(void), vtg_irq_com1(void);
 
 volatile u64 vtg_ticks;
+volatile u64 vtg_serial_irqs;
 extern u32 vtg_linux64_entry; /* entry.S: 1 after the Linux 64-bit entry */
 
 /* ------------------------------------------------------------------ */
@@ -81,6 +82,7 @@ static size_t slen(const char *s)
 #define SYS_IRQ_ON 3
 #define SYS_IRQ_OFF 4
 #define SYS_IRQ_WINDOW 12
+#define SYS_WRMSR 13
 
 /* Port I/O and CPUID go through the CPL0 gate (see vtg_syscall in entry.S). */
 #define SYS_OUTB 5
@@ -924,8 +926,22 @@ static void check_timer(void)
     outb(0x40, 1193 & 0xff);
     outb(0x40, 1193 >> 8);
     pit = count_ticks(1000, 10);
-    outb(0x21, 0xff);
     outb(0x43, 0x30); /* channel 0 back to one-shot: silence */
+
+    /* COM1's interrupt (IRQ 4): enable the THR-empty interrupt, send a byte, take the
+     * interrupt through the 8259. */
+    outb(0x21, 0xef); /* only IRQ4 */
+    vtg_serial_irqs = 0;
+    outb(COM1 + 1, 0x02);
+    putc_('\r');
+    {
+        u64 deadline = rdtsc() + ms_to_tsc(1000);
+        while (vtg_serial_irqs == 0 && rdtsc() < deadline)
+            sys(SYS_IRQ_WINDOW);
+    }
+    outb(COM1 + 1, 0x00);
+    (void)inb(COM1 + 2); /* IIR read acknowledges the UART */
+    outb(0x21, 0xff);
 
     /* LAPIC timer: periodic, vector 0x30, divide by 1, ~1 ms at KVM's 1 GHz APIC clock. */
     mmio_write32(lapic_base + 0x3e0, 0xb);
@@ -935,7 +951,9 @@ static void check_timer(void)
     mmio_write32(lapic_base + 0x320, 1u << 16); /* masked */
     mmio_write32(lapic_base + 0x380, 0);
 
-    pr("vtg: timer ticks=%lu pit_ticks=%lu\n", lapic, pit);
+    pr("vtg: timer ticks=%lu pit_ticks=%lu serial_irqs=%lu\n", lapic, pit, (u64)vtg_serial_irqs);
+    if (vtg_serial_irqs == 0)
+        fail("timer", "no COM1 interrupt (IRQ 4) through the 8259");
     if (pit == 0)
         pr("vtg: note no PIT interrupt via the 8259 (lapic svr=%lx lint0=%lx)\n",
            (u64)mmio_read32(lapic_base + 0xf0), (u64)mmio_read32(lapic_base + 0x350));
@@ -957,6 +975,80 @@ static void put2(u32 v)
 }
 
 static u32 bcd(u8 v) { return (v & 15) + (v >> 4) * 10; }
+
+/* ------------------------------------------------------------------ */
+/* KVM clock (pvclock)                                                 */
+/* ------------------------------------------------------------------ */
+struct pvclock {
+    u32 version;
+    u32 pad0;
+    u64 tsc_timestamp;
+    u64 system_time;
+    u32 tsc_to_system_mul;
+    signed char tsc_shift;
+    u8 flags;
+    u8 pad[2];
+};
+static struct pvclock kvmclock_area __attribute__((aligned(64)));
+
+static u64 kvmclock_now(void)
+{
+    volatile struct pvclock *p = &kvmclock_area;
+    u32 v;
+    u64 t;
+    do {
+        v = p->version;
+        __asm__ volatile("" ::: "memory");
+        u64 delta = rdtsc() - p->tsc_timestamp;
+        if (p->tsc_shift < 0)
+            delta >>= -p->tsc_shift;
+        else
+            delta <<= p->tsc_shift;
+        t = p->system_time + (u64)(((unsigned __int128)delta * p->tsc_to_system_mul) >> 32);
+        __asm__ volatile("" ::: "memory");
+    } while ((v & 1) || v != p->version);
+    return t;
+}
+
+/* The KVM clock: the hypervisor signature and feature bit, then kvmclock itself (MSR
+ * 0x4b564d01) compared with the TSC over ~20 ms. Skipped under other hypervisors. */
+static void check_kvmclock(void)
+{
+    u32 a, b, c, d;
+    u64 k0, k1, t0, t1, kvm_ns, tsc_ns;
+    char sig[13];
+    cpuid(0x40000000, 0, &a, &b, &c, &d);
+    memcpy(sig, &b, 4);
+    memcpy(sig + 4, &c, 4);
+    memcpy(sig + 8, &d, 4);
+    sig[12] = 0;
+    if (!streq(sig, "KVMKVMKVM")) {
+        pr("vtg: kvmclock skipped (hypervisor \"%s\")\n", sig);
+        return;
+    }
+    cpuid(0x40000001, 0, &a, &b, &c, &d);
+    if (!(a & (1u << 3))) {
+        fail("kvmclock", "KVM_FEATURE_CLOCKSOURCE2 not offered");
+        return;
+    }
+    __asm__ volatile("ud2\n\t.byte 0x56, 0x47" ::"D"(SYS_WRMSR), "S"(0x4b564d01u),
+                     "d"((u64)&kvmclock_area | 1)
+                     : "rax", "rcx", "r11", "memory");
+    if (kvmclock_area.tsc_to_system_mul == 0) {
+        fail("kvmclock", "the hypervisor did not fill in the pvclock area");
+        return;
+    }
+    k0 = kvmclock_now();
+    t0 = rdtsc();
+    delay_us(20000);
+    k1 = kvmclock_now();
+    t1 = rdtsc();
+    kvm_ns = k1 - k0;
+    tsc_ns = (t1 - t0) * 1000000000ULL / tsc_hz;
+    pr("vtg: kvmclock ok elapsed_ns=%lu tsc_ns=%lu\n", kvm_ns, tsc_ns);
+    if (k1 <= k0 || kvm_ns * 10 < tsc_ns * 8 || kvm_ns * 10 > tsc_ns * 12)
+        fail("kvmclock", "kvmclock and the TSC disagree by more than 20%");
+}
 
 static void check_rtc(void)
 {
@@ -1173,6 +1265,8 @@ static void setup_idt(void)
             fn = vtg_irq0;
         else if (v == 0x30)
             fn = vtg_irq_lapic;
+        else if (v == 0x24)
+            fn = vtg_irq_com1;
         else if (v > 0x20 && v < 0x28)
             fn = vtg_irq_master;
         else if (v >= 0x28 && v < 0x30)
@@ -1337,6 +1431,14 @@ NORETURN void vtg_main(struct hvm_start_info *start_info)
     check_begin();
     check_rtc();
     check_end();
+
+    /* KVM clock */
+    check_begin();
+    check_kvmclock();
+    check_end();
+
+    /* Boot-progress port: 123 marks "checks done" for the VMM's boot timer. */
+    outb(0x80, 123);
 
     /* 10/11 */
     print_result();
