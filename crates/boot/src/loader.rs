@@ -105,23 +105,25 @@ pub enum BootEntry {
     Linux64 { entry: u64, zero_page: u64 },
 }
 
+/// Maps an I/O error on `path` to [`BootError::Open`] with `what` as the message prefix.
+fn io_error<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BootError + 'a {
+    move |source| BootError::Open {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
 fn open(what: &'static str, path: &Path) -> Result<File> {
-    let file = File::open(path).map_err(|source| BootError::Open {
-        what,
-        path: path.to_owned(),
-        source,
-    })?;
-    let meta = file.metadata().map_err(|source| BootError::Open {
-        what,
-        path: path.to_owned(),
-        source,
-    })?;
+    let file = File::open(path).map_err(io_error(what, path))?;
+    let meta = file.metadata().map_err(io_error(what, path))?;
     if !meta.is_file() {
-        return Err(BootError::Open {
-            what,
-            path: path.to_owned(),
-            source: std::io::Error::other("not a regular file"),
-        });
+        return Err(io_error(what, path)(std::io::Error::other(
+            "not a regular file",
+        )));
     }
     Ok(file)
 }
@@ -143,18 +145,10 @@ pub fn probe_kernel(path: &Path) -> Result<KernelInfo> {
     let mut file = open("cannot open kernel", path)?;
     let len = file
         .metadata()
-        .map_err(|source| BootError::Open {
-            what: "cannot read kernel",
-            path: path.to_owned(),
-            source,
-        })?
+        .map_err(io_error("cannot read kernel", path))?
         .len();
     let mut head = [0u8; 0x280];
-    let got = read_at(&mut file, 0, &mut head).map_err(|source| BootError::Open {
-        what: "cannot read kernel",
-        path: path.to_owned(),
-        source,
-    })?;
+    let got = read_at(&mut file, 0, &mut head).map_err(io_error("cannot read kernel", path))?;
     let head = &head[..got];
     let not_kernel = |reason: &str| BootError::NotAKernel {
         path: path.to_owned(),
@@ -236,11 +230,7 @@ fn probe_bzimage(path: &Path, head: &[u8], len: u64) -> Result<KernelInfo> {
 
 fn probe_elf(path: &Path, file: &mut File, len: u64) -> Result<KernelInfo> {
     let mut ehdr = [0u8; 64];
-    let got = read_at(file, 0, &mut ehdr).map_err(|source| BootError::Open {
-        what: "cannot read kernel",
-        path: path.to_owned(),
-        source,
-    })?;
+    let got = read_at(file, 0, &mut ehdr).map_err(io_error("cannot read kernel", path))?;
     let truncated = |reason: String| BootError::Truncated {
         path: path.to_owned(),
         reason,
@@ -276,11 +266,7 @@ fn probe_elf(path: &Path, file: &mut File, len: u64) -> Result<KernelInfo> {
         )));
     }
     let mut phdrs = vec![0u8; (phentsize * phnum) as usize];
-    read_at(file, phoff, &mut phdrs).map_err(|source| BootError::Open {
-        what: "cannot read kernel",
-        path: path.to_owned(),
-        source,
-    })?;
+    read_at(file, phoff, &mut phdrs).map_err(io_error("cannot read kernel", path))?;
     let mut pvh = false;
     let mut has_load = false;
     for ph in phdrs.chunks_exact(56) {
@@ -340,6 +326,11 @@ fn elf_notes_have_pvh(file: &mut File, offset: u64, size: u64) -> bool {
             .saturating_add(align4(descsz));
     }
     false
+}
+
+/// Checks that an initrd can be opened (before the VM is built).
+pub fn check_initrd(path: &Path) -> Result<()> {
+    open("cannot open initrd", path).map(drop)
 }
 
 /// Checks a command line against what the kernel accepts.
@@ -456,11 +447,7 @@ pub fn load_initrd<M: GuestMemoryBackend>(
     let mut file = open("cannot open initrd", path)?;
     let size = file
         .metadata()
-        .map_err(|source| BootError::Open {
-            what: "cannot read initrd",
-            path: path.to_owned(),
-            source,
-        })?
+        .map_err(io_error("cannot read initrd", path))?
         .len();
     let limit = low_ram_end(mem).min(kernel.info.initrd_limit);
     let too_big = || BootError::InitrdTooBig {
@@ -623,4 +610,159 @@ fn write_pvh_start_info<M: GuestMemoryBackend>(
     }
     PvhBootConfigurator::write_bootparams::<M>(&params, mem)
         .map_err(|e| BootError::Write(format!("PVH start info: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{GuestMemoryMmap, GuestRegionMmap};
+
+    fn memory(size: u64) -> GuestMemoryMmap<()> {
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(size)
+            .into_iter()
+            .map(|r| (GuestAddress(r.start), r.size as usize))
+            .collect();
+        vm_memory::GuestRegionCollection::<GuestRegionMmap<()>>::from_ranges(&ranges).unwrap()
+    }
+
+    #[test]
+    fn probes_each_kernel_format() {
+        let pvh = probe_kernel(Path::new(vireo_test_guest::PATH)).unwrap();
+        assert_eq!(pvh.format, KernelFormat::ElfPvh);
+        assert_eq!(pvh.cmdline_max, 2047);
+        let elf = probe_kernel(Path::new(vireo_test_guest::NOPVH_ELF_PATH)).unwrap();
+        assert_eq!(elf.format, KernelFormat::Elf64);
+        let bz = probe_kernel(Path::new(vireo_test_guest::BZIMAGE_PATH)).unwrap();
+        assert_eq!(bz.format, KernelFormat::BzImage { protocol: 0x020f });
+        assert_eq!(bz.cmdline_max, 2047);
+        assert_eq!(bz.initrd_limit, 0x8000_0000);
+        assert!(bz.min_memory > layout::HIGH_MEMORY_START);
+    }
+
+    #[test]
+    fn command_line_limits() {
+        let info = probe_kernel(Path::new(vireo_test_guest::PATH)).unwrap();
+        assert!(check_cmdline(&info, &"a".repeat(2047)).is_ok());
+        assert!(matches!(
+            check_cmdline(&info, &"a".repeat(2048)),
+            Err(BootError::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            })
+        ));
+        assert!(matches!(
+            check_cmdline(&info, "a\0b"),
+            Err(BootError::CmdlineNul)
+        ));
+    }
+
+    #[test]
+    fn e820_covers_ram_around_the_hole() {
+        let mem = memory(layout::MMIO_HOLE_START + (256 << 20));
+        let map = e820_map(&mem);
+        assert_eq!(
+            map,
+            vec![
+                (0, layout::EBDA_START, E820_RAM),
+                (
+                    layout::EBDA_START,
+                    layout::HIGH_MEMORY_START - layout::EBDA_START,
+                    E820_RESERVED
+                ),
+                (
+                    layout::HIGH_MEMORY_START,
+                    layout::MMIO_HOLE_START - layout::HIGH_MEMORY_START,
+                    E820_RAM
+                ),
+                (1 << 32, 256 << 20, E820_RAM),
+            ]
+        );
+    }
+
+    #[test]
+    fn bzimage_zero_page_describes_cmdline_initrd_e820_and_rsdp() {
+        let dir = std::env::temp_dir().join(format!("vireo-loader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let initrd_path = dir.join("initrd");
+        std::fs::write(&initrd_path, vec![0x5a; 10_000]).unwrap();
+        let mem = memory(64 << 20);
+        let info = probe_kernel(Path::new(vireo_test_guest::BZIMAGE_PATH)).unwrap();
+        let kernel = load_kernel(&mem, &info).unwrap();
+        assert_eq!(kernel.entry, layout::HIGH_MEMORY_START + 0x200);
+        let initrd = load_initrd(&mem, &kernel, &initrd_path).unwrap();
+        assert_eq!(initrd.addr, ((64 << 20) - 10_000) & !0xfff);
+        let entry = write_boot_info(
+            &mem,
+            &kernel,
+            "console=ttyS0 x=1",
+            Some(initrd),
+            Some(0xe0000),
+        )
+        .unwrap();
+        assert_eq!(
+            entry,
+            BootEntry::Linux64 {
+                entry: 0x100200,
+                zero_page: layout::ZERO_PAGE_START
+            }
+        );
+        let zp: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        assert_eq!({ zp.hdr.header }, HDRS_MAGIC);
+        assert_eq!({ zp.hdr.cmd_line_ptr }, layout::CMDLINE_START as u32);
+        assert_eq!({ zp.hdr.ramdisk_image }, initrd.addr as u32);
+        assert_eq!({ zp.hdr.ramdisk_size }, 10_000);
+        assert_eq!({ zp.acpi_rsdp_addr }, 0xe0000);
+        assert_eq!(zp.e820_entries, 3);
+        let mut cmdline = [0u8; 18];
+        mem.read_slice(&mut cmdline, GuestAddress(layout::CMDLINE_START))
+            .unwrap();
+        assert_eq!(&cmdline, b"console=ttyS0 x=1\0");
+        let in_guest: u8 = mem.read_obj(GuestAddress(initrd.addr + 9_999)).unwrap();
+        assert_eq!(in_guest, 0x5a);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pvh_start_info_lists_memory_and_module() {
+        let mem = memory(32 << 20);
+        let info = probe_kernel(Path::new(vireo_test_guest::PATH)).unwrap();
+        let kernel = load_kernel(&mem, &info).unwrap();
+        let initrd = LoadedInitrd {
+            addr: 0x1e0_0000,
+            size: 4096,
+        };
+        let entry = write_boot_info(&mem, &kernel, "", Some(initrd), Some(0xe0000)).unwrap();
+        let BootEntry::Pvh { start_info, .. } = entry else {
+            panic!("expected a PVH entry, got {entry:?}");
+        };
+        let si: hvm_start_info = mem.read_obj(GuestAddress(start_info)).unwrap();
+        assert_eq!(
+            (si.magic, si.version, si.nr_modules),
+            (PVH_START_MAGIC, 1, 1)
+        );
+        assert_eq!(
+            (si.rsdp_paddr, si.cmdline_paddr),
+            (0xe0000, layout::CMDLINE_START)
+        );
+        assert_eq!(si.memmap_entries, 3);
+        let last: hvm_memmap_table_entry = mem
+            .read_obj(GuestAddress(si.memmap_paddr + 2 * 24))
+            .unwrap();
+        assert_eq!(
+            (last.addr, last.size, last.type_),
+            (0x10_0000, (32 << 20) - 0x10_0000, E820_RAM)
+        );
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(si.modlist_paddr)).unwrap();
+        assert_eq!((module.paddr, module.size), (0x1e0_0000, 4096));
+    }
+
+    #[test]
+    fn kernel_needing_more_memory_than_the_vm_has_is_refused() {
+        let mem = memory(1 << 20);
+        let info = probe_kernel(Path::new(vireo_test_guest::BZIMAGE_PATH)).unwrap();
+        assert!(matches!(
+            load_kernel(&mem, &info),
+            Err(BootError::KernelTooBig { .. })
+        ));
+    }
 }

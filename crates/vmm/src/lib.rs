@@ -89,11 +89,7 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmmError> {
     let kernel = loader::probe_kernel(&config.kernel)?;
     loader::check_cmdline(&kernel, &config.cmdline)?;
     if let Some(initrd) = &config.initrd {
-        std::fs::File::open(initrd).map_err(|source| vireo_boot::BootError::Open {
-            what: "cannot open initrd",
-            path: initrd.clone(),
-            source,
-        })?;
+        loader::check_initrd(initrd)?;
     }
     let kvm = open_kvm()?;
     config.validate(
