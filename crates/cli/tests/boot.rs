@@ -466,3 +466,38 @@ fn initrd_too_large_for_memory_is_refused() {
     );
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.describe());
 }
+
+#[test]
+fn console_input_reaches_the_guest() {
+    if !kvm_or_skip("console_input_reaches_the_guest") {
+        return;
+    }
+    use std::io::{BufRead, Write};
+    let mut child = std::process::Command::new(common::vireo())
+        .args(["run", "--kernel", test_guest(), "--memory", "32M"])
+        .args(["--cmdline", "console=ttyS0 vtg.quick=1 vtg.action=echo"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    // The guest announces it is listening; the test then types a line.
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("vtg: echo ready") {
+            stdin.write_all(b"hello from the host\n").unwrap();
+            stdin.flush().unwrap();
+        }
+        if line.contains("vtg: echo ") && !line.contains("ready") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("vtg: echo hello from the host"), "{seen}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{seen}");
+}

@@ -106,10 +106,10 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmmError> {
     let mut boots = 0u32;
     loop {
         boots += 1;
-        let vm = vm_builder::build(&kvm, config, &kernel, &platform)?;
+        let mut vm = vm_builder::build(&kvm, config, &kernel, &platform)?;
         log::debug!("boot {boots}: VM built in {:?}", start.elapsed());
         let event = event_loop(&vm, &platform, &stop_signals, stdin_console);
-        stop_vcpus(&vm);
+        stop_vcpus(&mut vm);
         drop(vm);
         match event? {
             Event::Power(PowerRequest::Reset) if !config.no_reboot => {
@@ -128,7 +128,7 @@ fn event_loop(
     vm: &vm_builder::RunningVm,
     platform: &vm_builder::Platform,
     stop_signals: &signals::StopSignals,
-    mut stdin_open: bool,
+    stdin_console: bool,
 ) -> Result<Event, VmmError> {
     let epoll = Epoll::new()?;
     let add = |fd: i32, token: u64| {
@@ -141,9 +141,10 @@ fn event_loop(
     add(platform.power.eventfd().as_raw_fd(), TOKEN_POWER)?;
     add(vm.shared.failed.as_raw_fd(), TOKEN_FAILURE)?;
     add(stop_signals.as_raw_fd(), TOKEN_SIGNAL)?;
-    if stdin_open && add(0, TOKEN_STDIN).is_err() {
-        // stdin is a regular file or /dev/null (epoll refuses those): no console input.
-        stdin_open = false;
+    // A regular file or /dev/null on stdin is refused by epoll: then there is no console
+    // input, which is fine.
+    if stdin_console {
+        let _ = add(0, TOKEN_STDIN);
     }
     // Console input the UART's FIFO had no room for yet.
     let mut pending: Vec<u8> = Vec::new();
@@ -180,7 +181,6 @@ fn event_loop(
                         Ok(0) | Err(_) => {
                             // EOF: the guest keeps running without console input.
                             let _ = epoll.ctl(ControlOperation::Delete, 0, EpollEvent::default());
-                            stdin_open = false;
                         }
                         Ok(n) => pending.extend_from_slice(&buf[..n]),
                     }
@@ -196,13 +196,12 @@ fn event_loop(
                 .enqueue_input(&pending);
             pending.drain(..taken);
         }
-        let _ = stdin_open;
     }
 }
 
 /// Stops every vCPU thread: sets the stop flag and kicks each thread out of KVM_RUN until
-/// it has left its loop.
-fn stop_vcpus(vm: &vm_builder::RunningVm) {
+/// it has left its loop, then joins it.
+fn stop_vcpus(vm: &mut vm_builder::RunningVm) {
     use std::os::unix::thread::JoinHandleExt;
     vm.shared.stop.store(true, Ordering::Release);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -213,6 +212,14 @@ fn stop_vcpus(vm: &vm_builder::RunningVm) {
             unsafe { libc::pthread_kill(t.as_pthread_t(), signals::vcpu_kick_signal()) };
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+    for t in vm.threads.drain(..) {
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            // Signals always interrupt KVM_RUN, so this means a thread is stuck elsewhere.
+            log::warn!("a vCPU thread did not stop within 5 s; abandoning it");
+        }
     }
 }
 

@@ -1171,6 +1171,26 @@ static void do_reset(void)
 
 static int in_action;
 
+/* Reads one line from COM1 (polling LSR data-ready; bounded to 30 s and 200 bytes) and
+ * prints it back: tests console input from the VMM's host side. */
+static void echo_line(void)
+{
+    char line[201];
+    u32 n = 0;
+    u64 deadline = rdtsc() + ms_to_tsc(30000);
+    pr("vtg: echo ready\n");
+    while (n < sizeof(line) - 1 && rdtsc() < deadline) {
+        if (!(inb(COM1 + 5) & 0x01))
+            continue;
+        char c = (char)inb(COM1);
+        if (c == '\n' || c == '\r')
+            break;
+        line[n++] = c;
+    }
+    line[n] = 0;
+    pr("vtg: echo %s\n", line);
+}
+
 static NORETURN void run_action(void)
 {
     const char *a = action;
@@ -1178,6 +1198,10 @@ static NORETURN void run_action(void)
     if (streq(a, "reboot-once"))
         a = boot_count == 0 ? "reboot" : "poweroff";
     pr("vtg: action %s\n", action);
+    if (streq(a, "echo")) {
+        echo_line();
+        a = "poweroff";
+    }
     if (streq(a, "poweroff")) {
         do_poweroff();
     } else if (streq(a, "reboot")) {
