@@ -501,3 +501,29 @@ fn console_input_reaches_the_guest() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{seen}");
 }
+
+#[test]
+fn kvm_internal_error_is_reported_with_registers() {
+    if !kvm_or_skip("kvm_internal_error_is_reported_with_registers") {
+        return;
+    }
+    // Only a host that instruction-emulates guest kernel code and lacks POPCNT in its
+    // emulator (PVM, these CI machines) turns this into KVM_EXIT_INTERNAL_ERROR.
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        eprintln!("SKIP kvm_internal_error_is_reported_with_registers: needs a PVM host");
+        return;
+    }
+    let r = boot(
+        &["--memory", "32M"],
+        "console=ttyS0 vtg.quick=1 vtg.action=popcnt-cpl0",
+    );
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(
+        r.stderr.contains(
+            "vireo: error: the guest failed on vCPU 0: KVM internal error 1 (emulation failure"
+        ),
+        "{}",
+        r.describe()
+    );
+    assert!(r.stderr.contains("RIP="), "{}", r.describe());
+}

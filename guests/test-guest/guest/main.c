@@ -83,6 +83,7 @@ static size_t slen(const char *s)
 #define SYS_IRQ_OFF 4
 #define SYS_IRQ_WINDOW 12
 #define SYS_WRMSR 13
+#define SYS_POPCNT 14
 
 /* Port I/O and CPUID go through the CPL0 gate (see vtg_syscall in entry.S). */
 #define SYS_OUTB 5
@@ -1212,6 +1213,8 @@ static NORETURN void run_action(void)
         halt_forever();
     } else if (streq(a, "triple-fault")) {
         sys(SYS_TRIPLE_FAULT);
+    } else if (streq(a, "popcnt-cpl0")) {
+        sys(SYS_POPCNT);
     } else {
         pr("vtg: FAIL action: unknown action %s\n", action);
         halt_forever();
