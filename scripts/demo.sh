@@ -8,5 +8,6 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release --bins
 guest="$(cargo run -q --release -p vireo-test-guest)"
+echo "== vireo run: booting the test guest (2 vCPUs, 256 MiB); its console follows =="
 exec target/release/vireo run --kernel "$guest" --cpus 2 --memory 256M \
     --cmdline "console=ttyS0 vtg.action=poweroff"
