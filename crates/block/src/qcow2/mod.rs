@@ -29,10 +29,10 @@ mod check;
 mod header;
 mod snapshot;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 pub use check::{CheckReport, RepairMode};
 pub use header::{Header, MAGIC};
@@ -163,15 +163,35 @@ pub(crate) struct Inner {
     comp_cursor: u64,
     has_backing: bool,
     meta_prealloc: Option<bool>,
-    /// Reads currently doing data I/O outside the lock; while non-zero,
-    /// released clusters are not handed back (they might still be read).
+    /// Reads and in-place writes currently doing data I/O outside the lock;
+    /// while non-zero, released clusters are not handed back (they might
+    /// still be read or written) and snapshots are not taken.
     inflight: Arc<AtomicUsize>,
+    /// Guest clusters whose whole-cluster allocating write is writing its
+    /// data outside the lock (the L2 entry is set afterwards). Other writes
+    /// to these clusters wait (`Qcow2::alloc_done`).
+    writing: HashSet<u64>,
+}
+
+/// What a write to one guest cluster still needs once its metadata work
+/// under the lock is done.
+enum WriteStep {
+    /// Nothing (done under the lock: copy-on-write of a partial cluster).
+    Done,
+    /// Write the data at this host offset of an allocated cluster with
+    /// refcount 1 (counted in `inflight` until done).
+    InPlace(u64),
+    /// Write the (whole-cluster) data to this newly allocated host cluster,
+    /// then link it with `Inner::link_new_cluster`.
+    New(u64),
 }
 
 /// An open qcow2 image.
 pub struct Qcow2 {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Signalled when an entry leaves `Inner::writing`.
+    alloc_done: Condvar,
     file: Arc<HostFile>,
     cluster_size: u64,
     inflight: Arc<AtomicUsize>,
@@ -662,8 +682,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Waits until no read is doing data I/O outside the lock. Must be
-    /// called with the lock held (so no new read can start).
+    /// Waits until no read or in-place write is doing data I/O outside the
+    /// lock. Must be called with the lock held (so no new one can start).
     pub(crate) fn wait_no_readers(&self) {
         while self.inflight.load(Ordering::Acquire) != 0 {
             std::thread::yield_now();
@@ -809,24 +829,8 @@ impl Inner {
         Ok(n)
     }
 
-    fn write(
-        &mut self,
-        buf: &[u8],
-        off: u64,
-        backing: Option<&Arc<dyn BlockBackend>>,
-    ) -> Result<()> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = off + done as u64;
-            let gc = pos >> self.cb;
-            let inoff = pos & (self.cs - 1);
-            let n = ((self.cs - inoff) as usize).min(buf.len() - done);
-            self.write_cluster(gc, inoff, &buf[done..done + n], backing)?;
-            done += n;
-        }
-        Ok(())
-    }
-
+    /// Writes `data` at `inoff` of guest cluster `gc`, entirely under the
+    /// lock.
     fn write_cluster(
         &mut self,
         gc: u64,
@@ -834,6 +838,32 @@ impl Inner {
         data: &[u8],
         backing: Option<&Arc<dyn BlockBackend>>,
     ) -> Result<()> {
+        match self.plan_write_cluster(gc, inoff, data, backing, false)? {
+            WriteStep::Done => Ok(()),
+            WriteStep::InPlace(h) => self.file.write_at(data, h),
+            WriteStep::New(h) => {
+                if let Err(e) = self.file.write_at(data, h) {
+                    self.pending_free.push((h, self.cs));
+                    return Err(e);
+                }
+                self.link_new_cluster(gc, h)
+            }
+        }
+    }
+
+    /// Does the metadata part of a write to guest cluster `gc`. With
+    /// `defer`, a whole-cluster write to a cluster that needs a new host
+    /// cluster only allocates it, marks `gc` in `writing` and returns
+    /// `New` (the caller writes the data without the lock, then links it);
+    /// partial writes that need copy-on-write are always done here.
+    fn plan_write_cluster(
+        &mut self,
+        gc: u64,
+        inoff: u64,
+        data: &[u8],
+        backing: Option<&Arc<dyn BlockBackend>>,
+        defer: bool,
+    ) -> Result<WriteStep> {
         let l1i = (gc / self.l2_entries) as usize;
         let l2i = gc % self.l2_entries;
         let l2 = self.l2_for_write(l1i)?;
@@ -849,23 +879,53 @@ impl Inner {
                         ),
                     ));
                 }
-                self.file.write_at(data, h + inoff)?;
                 if raw & OFLAG_COPIED == 0 {
                     self.l2_set(l2, l2i, raw | OFLAG_COPIED)?;
                 }
-                return Ok(());
+                return Ok(WriteStep::InPlace(h + inoff));
             }
         }
-        let mut full = vec![0u8; self.cs as usize];
-        if data.len() as u64 != self.cs {
-            self.read_cluster_content(gc, cur, &mut full, backing)?;
+        if data.len() as u64 == self.cs {
+            let h = self.alloc_cluster()?;
+            if defer {
+                self.writing.insert(gc);
+            }
+            return Ok(WriteStep::New(h));
         }
+        let mut full = vec![0u8; self.cs as usize];
+        self.read_cluster_content(gc, cur, &mut full, backing)?;
         full[inoff as usize..inoff as usize + data.len()].copy_from_slice(data);
         let h = self.alloc_cluster()?;
         self.file.write_at(&full, h)?;
         self.l2_set(l2, l2i, h | OFLAG_COPIED)?;
         self.free_later(cur);
-        Ok(())
+        Ok(WriteStep::Done)
+    }
+
+    /// Points guest cluster `gc` at the new host cluster `h` (whose data
+    /// has been written), releasing whatever the entry referenced by then.
+    /// On failure `h` is released again.
+    fn link_new_cluster(&mut self, gc: u64, h: u64) -> Result<()> {
+        let l1i = (gc / self.l2_entries) as usize;
+        let l2i = gc % self.l2_entries;
+        let r = (|| {
+            // Looked up again: the L2 table may have been copied (snapshot)
+            // or the entry changed (discard, zeroing) meanwhile.
+            let l2 = self.l2_for_write(l1i)?;
+            let raw = self.l2_get(l2, l2i)?;
+            self.l2_set(l2, l2i, h | OFLAG_COPIED)?;
+            Ok(decode_l2(raw, self.cb))
+        })();
+        match r {
+            Ok(cur) => {
+                self.free_later(cur);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending_free.push((h, self.cs));
+                Err(e)
+            }
+        }
     }
 
     /// Writes a whole guest cluster compressed (used by convert -c). Falls
@@ -1354,6 +1414,7 @@ impl Qcow2 {
             comp_cursor: 0,
             has_backing,
             meta_prealloc: None,
+            writing: HashSet::new(),
             hdr,
         };
         if !opts.read_only && !repair {
@@ -1378,6 +1439,7 @@ impl Qcow2 {
         Ok(Qcow2 {
             path: path.to_path_buf(),
             inner: Mutex::new(inner),
+            alloc_done: Condvar::new(),
             file,
             cluster_size: cs,
             inflight,
@@ -1453,6 +1515,9 @@ impl Qcow2 {
         }
         check_range(&self.path, offset, data.len() as u64, g.hdr.size)?;
         let gc = offset / g.cs;
+        while g.writing.contains(&gc) {
+            g = self.alloc_done.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
         if (data.len() as u64) < g.cs {
             let mut full = vec![0u8; g.cs as usize];
             full[..data.len()].copy_from_slice(data);
@@ -1537,10 +1602,56 @@ impl BlockBackend for Qcow2 {
         self.read_pieces(buf, &plan)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        // Metadata work under the lock, one cluster at a time; data writes
+        // into clusters this image already owns (refcount 1) and
+        // whole-cluster writes into newly allocated clusters are done
+        // outside it, so writers run in parallel.
         self.ro()?;
-        let mut g = self.lock();
-        check_range(&self.path, offset, buf.len() as u64, g.hdr.size)?;
-        g.write(buf, offset, self.backing.as_ref())
+        check_range(&self.path, offset, buf.len() as u64, self.size())?;
+        let cs = self.cluster_size;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let gc = pos / cs;
+            let inoff = pos % cs;
+            let n = ((cs - inoff) as usize).min(buf.len() - done);
+            let data = &buf[done..done + n];
+            let step = {
+                let mut g = self.lock();
+                while g.writing.contains(&gc) {
+                    g = self.alloc_done.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+                check_range(&self.path, pos, n as u64, g.hdr.size)?;
+                let step = g.plan_write_cluster(gc, inoff, data, self.backing.as_ref(), true)?;
+                if let WriteStep::InPlace(_) = step {
+                    self.inflight.fetch_add(1, Ordering::AcqRel);
+                }
+                step
+            };
+            match step {
+                WriteStep::Done => {}
+                WriteStep::InPlace(h) => {
+                    let r = self.file.write_at(data, h);
+                    self.inflight.fetch_sub(1, Ordering::AcqRel);
+                    r?;
+                }
+                WriteStep::New(h) => {
+                    let r = self.file.write_at(data, h);
+                    let mut g = self.lock();
+                    g.writing.remove(&gc);
+                    self.alloc_done.notify_all();
+                    match r {
+                        Ok(()) => g.link_new_cluster(gc, h)?,
+                        Err(e) => {
+                            g.pending_free.push((h, cs));
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            done += n;
+        }
+        Ok(())
     }
     fn flush(&self) -> Result<()> {
         if self.read_only {
