@@ -4,7 +4,7 @@
 //!
 //! Rows: format (qcow2, qcow2 over a qcow2 backing file, raw) × access pattern (4 KiB
 //! strided-random read/write, 64 KiB sequential read/write). Both tools get exactly the same
-//! command line (`bench -f FMT -t writeback -d DEPTH -c COUNT -s SIZE -S STEP [-w
+//! command line (`bench -f FMT -t CACHE -d DEPTH -c COUNT -s SIZE -S STEP [-w
 //! --pattern=90] FILE`) on the same file; read rows use images prefilled by qemu-io, write
 //! rows a freshly created image for every run (so every run allocates, and with a backing
 //! file every first write to a cluster copies the rest of it from the backing file).
@@ -14,6 +14,10 @@
 //! is 131071 blocks, a prime, so a step of 81007 blocks (≈ 0.618 of the image) visits every
 //! 4 KiB block exactly once per 131071 requests in a scattered order, each request about
 //! 316 MiB away from the previous one: the closest to random access both tools support.
+//!
+//! Cache modes: `-t none` (O_DIRECT, the page cache is bypassed for data) and `-t writeback`
+//! (page cache; the read images were just written, so reads are served from memory), env
+//! IMG_BENCH_CACHE (default "none,writeback").
 //!
 //! Each measurement is the median of REPS runs (default 3, env IMG_BENCH_REPS); the order of
 //! the two tools alternates between repetitions. The time is each tool's own "Run completed
@@ -228,79 +232,82 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(16);
     let only = std::env::var("IMG_BENCH_ONLY").unwrap_or_default();
+    let caches = std::env::var("IMG_BENCH_CACHE").unwrap_or_else(|_| "none,writeback".into());
     let t0 = Instant::now();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("img_bench");
     let images = Images::prepare(dir.clone());
     let qver = qemu_img(&["--version"]);
-    println!(
-        "img_bench: {} vs {}; image {} MiB, depth {depth}, cache writeback, median of {reps}",
-        VIREO,
-        qver.lines().next().unwrap_or("qemu-img"),
-        IMG_SIZE >> 20
-    );
-    println!();
-    println!("| image | pattern | vireo | qemu-img | vireo / QEMU |");
-    println!("| --- | --- | --- | --- | --- |");
-    for layout in [Layout::Qcow2, Layout::Qcow2Backing, Layout::Raw] {
-        for pat in PATTERNS {
-            let name = format!("{} / {}", layout.label(), pat.label);
-            if !only.is_empty() && !name.contains(&only) {
-                continue;
-            }
-            let mut times = [Vec::new(), Vec::new()]; // vireo, qemu
-            for rep in 0..reps {
-                let order: [usize; 2] = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
-                for tool in order {
-                    let file = images.target(layout, pat.write);
-                    let mut args: Vec<String> = vec![
-                        "bench".into(),
-                        "-f".into(),
-                        layout.fmt().into(),
-                        "-t".into(),
-                        "writeback".into(),
-                        "-d".into(),
-                        depth.to_string(),
-                        "-c".into(),
-                        pat.count.to_string(),
-                        "-s".into(),
-                        pat.size.to_string(),
-                        "-S".into(),
-                        pat.step.to_string(),
-                    ];
-                    if pat.write {
-                        args.push("-w".into());
-                        args.push("--pattern=90".into());
-                    }
-                    args.push(s(&file).into());
-                    let prog = if tool == 0 { VIREO } else { "qemu-img" };
-                    let out = run(Command::new(prog).args(&args));
-                    times[tool].push(parse_time(&out));
-                    if pat.write && layout != Layout::Raw && tool == 0 {
-                        // vireo's result must be a consistent image.
-                        qemu_img(&["check", "-q", "-f", "qcow2", s(&file)]);
+    for cache in caches.split(',') {
+        println!(
+            "img_bench: {} vs {}; image {} MiB, depth {depth}, -t {cache}, median of {reps}",
+            VIREO,
+            qver.lines().next().unwrap_or("qemu-img"),
+            IMG_SIZE >> 20
+        );
+        println!();
+        println!("| image | pattern | vireo | qemu-img | vireo / QEMU |");
+        println!("| --- | --- | --- | --- | --- |");
+        for layout in [Layout::Qcow2, Layout::Qcow2Backing, Layout::Raw] {
+            for pat in PATTERNS {
+                let name = format!("{} / {}", layout.label(), pat.label);
+                if !only.is_empty() && !name.contains(&only) {
+                    continue;
+                }
+                let mut times = [Vec::new(), Vec::new()]; // vireo, qemu
+                for rep in 0..reps {
+                    let order: [usize; 2] = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+                    for tool in order {
+                        let file = images.target(layout, pat.write);
+                        let mut args: Vec<String> = vec![
+                            "bench".into(),
+                            "-f".into(),
+                            layout.fmt().into(),
+                            "-t".into(),
+                            cache.into(),
+                            "-d".into(),
+                            depth.to_string(),
+                            "-c".into(),
+                            pat.count.to_string(),
+                            "-s".into(),
+                            pat.size.to_string(),
+                            "-S".into(),
+                            pat.step.to_string(),
+                        ];
+                        if pat.write {
+                            args.push("-w".into());
+                            args.push("--pattern=90".into());
+                        }
+                        args.push(s(&file).into());
+                        let prog = if tool == 0 { VIREO } else { "qemu-img" };
+                        let out = run(Command::new(prog).args(&args));
+                        times[tool].push(parse_time(&out));
+                        if pat.write && layout != Layout::Raw && tool == 0 {
+                            // vireo's result must be a consistent image.
+                            qemu_img(&["check", "-q", "-f", "qcow2", s(&file)]);
+                        }
                     }
                 }
+                let [tv, tq] = times.map(median);
+                let bytes = (pat.count * pat.size) as f64;
+                let fmt_rate = |t: f64| {
+                    if pat.size == 4096 {
+                        format!("{:.0} IOPS", pat.count as f64 / t)
+                    } else {
+                        format!("{:.0} MB/s", bytes / t / 1e6)
+                    }
+                };
+                println!(
+                    "| {} | {} | {} | {} | **{:.2}** |",
+                    layout.label(),
+                    pat.label,
+                    fmt_rate(tv),
+                    fmt_rate(tq),
+                    tq / tv
+                );
             }
-            let [tv, tq] = times.map(median);
-            let bytes = (pat.count * pat.size) as f64;
-            let fmt_rate = |t: f64| {
-                if pat.size == 4096 {
-                    format!("{:.0} IOPS", pat.count as f64 / t)
-                } else {
-                    format!("{:.0} MB/s", bytes / t / 1e6)
-                }
-            };
-            println!(
-                "| {} | {} | {} | {} | **{:.2}** |",
-                layout.label(),
-                pat.label,
-                fmt_rate(tv),
-                fmt_rate(tq),
-                tq / tv
-            );
         }
+        println!();
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!();
     println!("img_bench: done in {:.0} s", t0.elapsed().as_secs_f64());
 }

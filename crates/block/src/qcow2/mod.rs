@@ -40,7 +40,7 @@ pub use snapshot::Snapshot;
 
 use crate::{
     check_range, open_in_chain, read_backing, BlockBackend, CreateOptions, Error, Extent,
-    ExtentKind, Format, HostFile, OpenOptions, Preallocation, Result,
+    ExtentKind, Format, HostFile, OpenOptions, Preallocation, Result, DIRECT_ALIGN,
 };
 use header::{be64, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 
@@ -892,11 +892,15 @@ impl Inner {
             }
             return Ok(WriteStep::New(h));
         }
-        let mut full = vec![0u8; self.cs as usize];
-        self.read_cluster_content(gc, cur, &mut full, backing)?;
+        // Aligned so that with O_DIRECT the copy-on-write bypasses the page
+        // cache like the guest data does.
+        let mut store = vec![0u8; self.cs as usize + DIRECT_ALIGN];
+        let a = store.as_ptr().align_offset(DIRECT_ALIGN);
+        let full = &mut store[a..a + self.cs as usize];
+        self.read_cluster_content(gc, cur, full, backing)?;
         full[inoff as usize..inoff as usize + data.len()].copy_from_slice(data);
         let h = self.alloc_cluster()?;
-        self.file.write_at(&full, h)?;
+        self.file.write_at(full, h)?;
         self.l2_set(l2, l2i, h | OFLAG_COPIED)?;
         self.free_later(cur);
         Ok(WriteStep::Done)
@@ -1342,7 +1346,7 @@ impl Qcow2 {
         chain: &mut Vec<PathBuf>,
         repair: bool,
     ) -> Result<Qcow2> {
-        let file = HostFile::open(path, opts.read_only)?;
+        let file = HostFile::open_with(path, opts.read_only, opts.direct)?;
         let flen = file.len()?;
         let hdr = Header::read(&file, flen)?;
         let cb = hdr.cluster_bits;
@@ -1381,6 +1385,7 @@ impl Qcow2 {
                     read_only: true,
                     open_backing: true,
                     cache_bytes: opts.cache_bytes,
+                    direct: opts.direct,
                 };
                 Some(open_in_chain(&bpath, &bopts, chain)?)
             }
@@ -1792,6 +1797,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
             read_only: false,
             open_backing: false,
             cache_bytes: 8 << 20,
+            direct: false,
         },
     )?;
     {
