@@ -184,6 +184,11 @@ enum WriteStep {
     /// Write the (whole-cluster) data to this newly allocated host cluster,
     /// then link it with `Inner::link_new_cluster`.
     New(u64),
+    /// Copy-on-write of a partial cluster outside the lock: read the
+    /// cluster's current content (`entry`, counted in `inflight` while it
+    /// is read), merge the data, write it to the new host cluster `h`, then
+    /// link it if the L2 entry is still `raw` (otherwise start over).
+    Cow { h: u64, raw: u64, entry: L2Entry },
 }
 
 /// An open qcow2 image.
@@ -841,6 +846,7 @@ impl Inner {
         match self.plan_write_cluster(gc, inoff, data, backing, false)? {
             WriteStep::Done => Ok(()),
             WriteStep::InPlace(h) => self.file.write_at(data, h),
+            WriteStep::Cow { .. } => unreachable!("only planned with defer"),
             WriteStep::New(h) => {
                 if let Err(e) = self.file.write_at(data, h) {
                     self.pending_free.push((h, self.cs));
@@ -892,6 +898,11 @@ impl Inner {
             }
             return Ok(WriteStep::New(h));
         }
+        if defer {
+            let h = self.alloc_cluster()?;
+            self.writing.insert(gc);
+            return Ok(WriteStep::Cow { h, raw, entry: cur });
+        }
         // Aligned so that with O_DIRECT the copy-on-write bypasses the page
         // cache like the guest data does.
         let mut store = vec![0u8; self.cs as usize + DIRECT_ALIGN];
@@ -904,6 +915,32 @@ impl Inner {
         self.l2_set(l2, l2i, h | OFLAG_COPIED)?;
         self.free_later(cur);
         Ok(WriteStep::Done)
+    }
+
+    /// Like `link_new_cluster`, but only if the L2 entry of `gc` is still
+    /// `raw`; otherwise `h` is released and false returned.
+    fn link_cow_cluster(&mut self, gc: u64, h: u64, raw: u64) -> Result<bool> {
+        let l1i = (gc / self.l2_entries) as usize;
+        let l2i = gc % self.l2_entries;
+        let now = match self.l1.get(l1i) {
+            Some(&l1e) if l1e & OFFSET_MASK != 0 => self.l2_get(l1e & OFFSET_MASK, l2i),
+            Some(_) => Ok(0),
+            None => Err(Error::corrupt(
+                self.path(),
+                format!("L1 index {l1i} out of range"),
+            )),
+        };
+        match now {
+            Ok(now) if now == raw => self.link_new_cluster(gc, h).map(|_| true),
+            Ok(_) => {
+                self.pending_free.push((h, self.cs));
+                Ok(false)
+            }
+            Err(e) => {
+                self.pending_free.push((h, self.cs));
+                Err(e)
+            }
+        }
     }
 
     /// Points guest cluster `gc` at the new host cluster `h` (whose data
@@ -1468,6 +1505,30 @@ impl Qcow2 {
         }
     }
 
+    /// The content of guest cluster `gc` with L2 entry `entry`, read
+    /// without the lock (`buf` is cluster-sized).
+    fn cluster_content(&self, gc: u64, entry: L2Entry, buf: &mut [u8]) -> Result<()> {
+        match entry {
+            L2Entry::Unallocated => match &self.backing {
+                Some(b) => read_backing(b.as_ref(), buf, gc * self.cluster_size),
+                None => {
+                    buf.fill(0);
+                    Ok(())
+                }
+            },
+            L2Entry::Zero(_) => {
+                buf.fill(0);
+                Ok(())
+            }
+            L2Entry::Normal(h) => self.file.read_at(buf, h),
+            L2Entry::Compressed { offset, len } => {
+                let d = inflate_cluster(&self.file, self.cluster_size, offset, len)?;
+                buf.copy_from_slice(&d);
+                Ok(())
+            }
+        }
+    }
+
     fn read_pieces(&self, buf: &mut [u8], plan: &[ReadPiece]) -> Result<()> {
         for p in plan {
             let chunk = &mut buf[p.at..p.at + p.n];
@@ -1628,7 +1689,12 @@ impl BlockBackend for Qcow2 {
                 }
                 check_range(&self.path, pos, n as u64, g.hdr.size)?;
                 let step = g.plan_write_cluster(gc, inoff, data, self.backing.as_ref(), true)?;
-                if let WriteStep::InPlace(_) = step {
+                if let WriteStep::InPlace(_)
+                | WriteStep::Cow {
+                    entry: L2Entry::Normal(_) | L2Entry::Compressed { .. },
+                    ..
+                } = step
+                {
                     self.inflight.fetch_add(1, Ordering::AcqRel);
                 }
                 step
@@ -1639,6 +1705,36 @@ impl BlockBackend for Qcow2 {
                     let r = self.file.write_at(data, h);
                     self.inflight.fetch_sub(1, Ordering::AcqRel);
                     r?;
+                }
+                WriteStep::Cow { h, raw, entry } => {
+                    let counted = matches!(entry, L2Entry::Normal(_) | L2Entry::Compressed { .. });
+                    let mut store = vec![0u8; cs as usize + DIRECT_ALIGN];
+                    let a = store.as_ptr().align_offset(DIRECT_ALIGN);
+                    let full = &mut store[a..a + cs as usize];
+                    let r = self.cluster_content(gc, entry, full);
+                    if counted {
+                        self.inflight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    let r = r.and_then(|()| {
+                        full[inoff as usize..inoff as usize + n].copy_from_slice(data);
+                        self.file.write_at(full, h)
+                    });
+                    let mut g = self.lock();
+                    g.writing.remove(&gc);
+                    self.alloc_done.notify_all();
+                    match r {
+                        Ok(()) => {
+                            if !g.link_cow_cluster(gc, h, raw)? {
+                                // The entry changed meanwhile (discard,
+                                // zeroing, snapshot): redo this cluster.
+                                continue;
+                            }
+                        }
+                        Err(e) => {
+                            g.pending_free.push((h, cs));
+                            return Err(e);
+                        }
+                    }
                 }
                 WriteStep::New(h) => {
                     let r = self.file.write_at(data, h);
