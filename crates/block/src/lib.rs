@@ -17,7 +17,7 @@ pub mod import;
 pub mod qcow2;
 pub mod raw;
 
-pub use file::HostFile;
+pub use file::{HostFile, DIRECT_ALIGN};
 
 /// Errors of the block layer. Every variant names the file and, for format
 /// errors, the offending field.
@@ -213,6 +213,11 @@ pub struct OpenOptions {
     pub open_backing: bool,
     /// Maximum metadata-cache size in bytes per image.
     pub cache_bytes: usize,
+    /// Bypass the host page cache (O_DIRECT, like qemu's `cache=none`) for
+    /// data I/O whose buffer address, length and offset are 4 KiB aligned;
+    /// metadata and unaligned requests still use the page cache. Applies to
+    /// the backing chain too.
+    pub direct: bool,
 }
 
 impl Default for OpenOptions {
@@ -222,6 +227,7 @@ impl Default for OpenOptions {
             read_only: false,
             open_backing: true,
             cache_bytes: 8 << 20,
+            direct: false,
         }
     }
 }
@@ -290,7 +296,7 @@ pub(crate) fn open_in_chain(
         None => probe(path)?,
     };
     Ok(match fmt {
-        Format::Raw => Arc::new(raw::Raw::open(path, opts.read_only)?),
+        Format::Raw => Arc::new(raw::Raw::open_with(path, opts.read_only, opts.direct)?),
         Format::Qcow2 => Arc::new(qcow2::Qcow2::open_chain(path, opts, chain)?),
         Format::Vmdk => Arc::new(import::open_vmdk(path)?),
         Format::Vdi => Arc::new(import::open_vdi(path)?),

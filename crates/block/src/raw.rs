@@ -16,7 +16,12 @@ pub struct Raw {
 
 impl Raw {
     pub fn open(path: &Path, read_only: bool) -> Result<Raw> {
-        let file = HostFile::open(path, read_only)?;
+        Self::open_with(path, read_only, false)
+    }
+
+    /// `direct`: see `OpenOptions::direct`.
+    pub fn open_with(path: &Path, read_only: bool, direct: bool) -> Result<Raw> {
+        let file = HostFile::open_with(path, read_only, direct)?;
         let size = file.len()?;
         Ok(Raw {
             file,

@@ -29,10 +29,10 @@ mod check;
 mod header;
 mod snapshot;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 pub use check::{CheckReport, RepairMode};
 pub use header::{Header, MAGIC};
@@ -40,7 +40,7 @@ pub use snapshot::Snapshot;
 
 use crate::{
     check_range, open_in_chain, read_backing, BlockBackend, CreateOptions, Error, Extent,
-    ExtentKind, Format, HostFile, OpenOptions, Preallocation, Result,
+    ExtentKind, Format, HostFile, OpenOptions, Preallocation, Result, DIRECT_ALIGN,
 };
 use header::{be64, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 
@@ -163,15 +163,40 @@ pub(crate) struct Inner {
     comp_cursor: u64,
     has_backing: bool,
     meta_prealloc: Option<bool>,
-    /// Reads currently doing data I/O outside the lock; while non-zero,
-    /// released clusters are not handed back (they might still be read).
+    /// Reads and in-place writes currently doing data I/O outside the lock;
+    /// while non-zero, released clusters are not handed back (they might
+    /// still be read or written) and snapshots are not taken.
     inflight: Arc<AtomicUsize>,
+    /// Guest clusters whose whole-cluster allocating write is writing its
+    /// data outside the lock (the L2 entry is set afterwards). Other writes
+    /// to these clusters wait (`Qcow2::alloc_done`).
+    writing: HashSet<u64>,
+}
+
+/// What a write to one guest cluster still needs once its metadata work
+/// under the lock is done.
+enum WriteStep {
+    /// Nothing (done under the lock: copy-on-write of a partial cluster).
+    Done,
+    /// Write the data at this host offset of an allocated cluster with
+    /// refcount 1 (counted in `inflight` until done).
+    InPlace(u64),
+    /// Write the (whole-cluster) data to this newly allocated host cluster,
+    /// then link it with `Inner::link_new_cluster`.
+    New(u64),
+    /// Copy-on-write of a partial cluster outside the lock: read the
+    /// cluster's current content (`entry`, counted in `inflight` while it
+    /// is read), merge the data, write it to the new host cluster `h`, then
+    /// link it if the L2 entry is still `raw` (otherwise start over).
+    Cow { h: u64, raw: u64, entry: L2Entry },
 }
 
 /// An open qcow2 image.
 pub struct Qcow2 {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Signalled when an entry leaves `Inner::writing`.
+    alloc_done: Condvar,
     file: Arc<HostFile>,
     cluster_size: u64,
     inflight: Arc<AtomicUsize>,
@@ -662,8 +687,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Waits until no read is doing data I/O outside the lock. Must be
-    /// called with the lock held (so no new read can start).
+    /// Waits until no read or in-place write is doing data I/O outside the
+    /// lock. Must be called with the lock held (so no new one can start).
     pub(crate) fn wait_no_readers(&self) {
         while self.inflight.load(Ordering::Acquire) != 0 {
             std::thread::yield_now();
@@ -809,24 +834,8 @@ impl Inner {
         Ok(n)
     }
 
-    fn write(
-        &mut self,
-        buf: &[u8],
-        off: u64,
-        backing: Option<&Arc<dyn BlockBackend>>,
-    ) -> Result<()> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = off + done as u64;
-            let gc = pos >> self.cb;
-            let inoff = pos & (self.cs - 1);
-            let n = ((self.cs - inoff) as usize).min(buf.len() - done);
-            self.write_cluster(gc, inoff, &buf[done..done + n], backing)?;
-            done += n;
-        }
-        Ok(())
-    }
-
+    /// Writes `data` at `inoff` of guest cluster `gc`, entirely under the
+    /// lock.
     fn write_cluster(
         &mut self,
         gc: u64,
@@ -834,6 +843,33 @@ impl Inner {
         data: &[u8],
         backing: Option<&Arc<dyn BlockBackend>>,
     ) -> Result<()> {
+        match self.plan_write_cluster(gc, inoff, data, backing, false)? {
+            WriteStep::Done => Ok(()),
+            WriteStep::InPlace(h) => self.file.write_at(data, h),
+            WriteStep::Cow { .. } => unreachable!("only planned with defer"),
+            WriteStep::New(h) => {
+                if let Err(e) = self.file.write_at(data, h) {
+                    self.pending_free.push((h, self.cs));
+                    return Err(e);
+                }
+                self.link_new_cluster(gc, h)
+            }
+        }
+    }
+
+    /// Does the metadata part of a write to guest cluster `gc`. With
+    /// `defer`, a whole-cluster write to a cluster that needs a new host
+    /// cluster only allocates it, marks `gc` in `writing` and returns
+    /// `New` (the caller writes the data without the lock, then links it);
+    /// partial writes that need copy-on-write are always done here.
+    fn plan_write_cluster(
+        &mut self,
+        gc: u64,
+        inoff: u64,
+        data: &[u8],
+        backing: Option<&Arc<dyn BlockBackend>>,
+        defer: bool,
+    ) -> Result<WriteStep> {
         let l1i = (gc / self.l2_entries) as usize;
         let l2i = gc % self.l2_entries;
         let l2 = self.l2_for_write(l1i)?;
@@ -849,23 +885,88 @@ impl Inner {
                         ),
                     ));
                 }
-                self.file.write_at(data, h + inoff)?;
                 if raw & OFLAG_COPIED == 0 {
                     self.l2_set(l2, l2i, raw | OFLAG_COPIED)?;
                 }
-                return Ok(());
+                return Ok(WriteStep::InPlace(h + inoff));
             }
         }
-        let mut full = vec![0u8; self.cs as usize];
-        if data.len() as u64 != self.cs {
-            self.read_cluster_content(gc, cur, &mut full, backing)?;
+        if data.len() as u64 == self.cs {
+            let h = self.alloc_cluster()?;
+            if defer {
+                self.writing.insert(gc);
+            }
+            return Ok(WriteStep::New(h));
         }
+        if defer {
+            let h = self.alloc_cluster()?;
+            self.writing.insert(gc);
+            return Ok(WriteStep::Cow { h, raw, entry: cur });
+        }
+        // Aligned so that with O_DIRECT the copy-on-write bypasses the page
+        // cache like the guest data does.
+        let mut store = vec![0u8; self.cs as usize + DIRECT_ALIGN];
+        let a = store.as_ptr().align_offset(DIRECT_ALIGN);
+        let full = &mut store[a..a + self.cs as usize];
+        self.read_cluster_content(gc, cur, full, backing)?;
         full[inoff as usize..inoff as usize + data.len()].copy_from_slice(data);
         let h = self.alloc_cluster()?;
-        self.file.write_at(&full, h)?;
+        self.file.write_at(full, h)?;
         self.l2_set(l2, l2i, h | OFLAG_COPIED)?;
         self.free_later(cur);
-        Ok(())
+        Ok(WriteStep::Done)
+    }
+
+    /// Like `link_new_cluster`, but only if the L2 entry of `gc` is still
+    /// `raw`; otherwise `h` is released and false returned.
+    fn link_cow_cluster(&mut self, gc: u64, h: u64, raw: u64) -> Result<bool> {
+        let l1i = (gc / self.l2_entries) as usize;
+        let l2i = gc % self.l2_entries;
+        let now = match self.l1.get(l1i) {
+            Some(&l1e) if l1e & OFFSET_MASK != 0 => self.l2_get(l1e & OFFSET_MASK, l2i),
+            Some(_) => Ok(0),
+            None => Err(Error::corrupt(
+                self.path(),
+                format!("L1 index {l1i} out of range"),
+            )),
+        };
+        match now {
+            Ok(now) if now == raw => self.link_new_cluster(gc, h).map(|_| true),
+            Ok(_) => {
+                self.pending_free.push((h, self.cs));
+                Ok(false)
+            }
+            Err(e) => {
+                self.pending_free.push((h, self.cs));
+                Err(e)
+            }
+        }
+    }
+
+    /// Points guest cluster `gc` at the new host cluster `h` (whose data
+    /// has been written), releasing whatever the entry referenced by then.
+    /// On failure `h` is released again.
+    fn link_new_cluster(&mut self, gc: u64, h: u64) -> Result<()> {
+        let l1i = (gc / self.l2_entries) as usize;
+        let l2i = gc % self.l2_entries;
+        let r = (|| {
+            // Looked up again: the L2 table may have been copied (snapshot)
+            // or the entry changed (discard, zeroing) meanwhile.
+            let l2 = self.l2_for_write(l1i)?;
+            let raw = self.l2_get(l2, l2i)?;
+            self.l2_set(l2, l2i, h | OFLAG_COPIED)?;
+            Ok(decode_l2(raw, self.cb))
+        })();
+        match r {
+            Ok(cur) => {
+                self.free_later(cur);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending_free.push((h, self.cs));
+                Err(e)
+            }
+        }
     }
 
     /// Writes a whole guest cluster compressed (used by convert -c). Falls
@@ -1282,7 +1383,7 @@ impl Qcow2 {
         chain: &mut Vec<PathBuf>,
         repair: bool,
     ) -> Result<Qcow2> {
-        let file = HostFile::open(path, opts.read_only)?;
+        let file = HostFile::open_with(path, opts.read_only, opts.direct)?;
         let flen = file.len()?;
         let hdr = Header::read(&file, flen)?;
         let cb = hdr.cluster_bits;
@@ -1321,6 +1422,7 @@ impl Qcow2 {
                     read_only: true,
                     open_backing: true,
                     cache_bytes: opts.cache_bytes,
+                    direct: opts.direct,
                 };
                 Some(open_in_chain(&bpath, &bopts, chain)?)
             }
@@ -1354,6 +1456,7 @@ impl Qcow2 {
             comp_cursor: 0,
             has_backing,
             meta_prealloc: None,
+            writing: HashSet::new(),
             hdr,
         };
         if !opts.read_only && !repair {
@@ -1378,6 +1481,7 @@ impl Qcow2 {
         Ok(Qcow2 {
             path: path.to_path_buf(),
             inner: Mutex::new(inner),
+            alloc_done: Condvar::new(),
             file,
             cluster_size: cs,
             inflight,
@@ -1398,6 +1502,30 @@ impl Qcow2 {
             })
         } else {
             Ok(())
+        }
+    }
+
+    /// The content of guest cluster `gc` with L2 entry `entry`, read
+    /// without the lock (`buf` is cluster-sized).
+    fn cluster_content(&self, gc: u64, entry: L2Entry, buf: &mut [u8]) -> Result<()> {
+        match entry {
+            L2Entry::Unallocated => match &self.backing {
+                Some(b) => read_backing(b.as_ref(), buf, gc * self.cluster_size),
+                None => {
+                    buf.fill(0);
+                    Ok(())
+                }
+            },
+            L2Entry::Zero(_) => {
+                buf.fill(0);
+                Ok(())
+            }
+            L2Entry::Normal(h) => self.file.read_at(buf, h),
+            L2Entry::Compressed { offset, len } => {
+                let d = inflate_cluster(&self.file, self.cluster_size, offset, len)?;
+                buf.copy_from_slice(&d);
+                Ok(())
+            }
         }
     }
 
@@ -1453,6 +1581,9 @@ impl Qcow2 {
         }
         check_range(&self.path, offset, data.len() as u64, g.hdr.size)?;
         let gc = offset / g.cs;
+        while g.writing.contains(&gc) {
+            g = self.alloc_done.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
         if (data.len() as u64) < g.cs {
             let mut full = vec![0u8; g.cs as usize];
             full[..data.len()].copy_from_slice(data);
@@ -1537,10 +1668,91 @@ impl BlockBackend for Qcow2 {
         self.read_pieces(buf, &plan)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        // Metadata work under the lock, one cluster at a time; data writes
+        // into clusters this image already owns (refcount 1) and
+        // whole-cluster writes into newly allocated clusters are done
+        // outside it, so writers run in parallel.
         self.ro()?;
-        let mut g = self.lock();
-        check_range(&self.path, offset, buf.len() as u64, g.hdr.size)?;
-        g.write(buf, offset, self.backing.as_ref())
+        check_range(&self.path, offset, buf.len() as u64, self.size())?;
+        let cs = self.cluster_size;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let gc = pos / cs;
+            let inoff = pos % cs;
+            let n = ((cs - inoff) as usize).min(buf.len() - done);
+            let data = &buf[done..done + n];
+            let step = {
+                let mut g = self.lock();
+                while g.writing.contains(&gc) {
+                    g = self.alloc_done.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+                check_range(&self.path, pos, n as u64, g.hdr.size)?;
+                let step = g.plan_write_cluster(gc, inoff, data, self.backing.as_ref(), true)?;
+                if let WriteStep::InPlace(_)
+                | WriteStep::Cow {
+                    entry: L2Entry::Normal(_) | L2Entry::Compressed { .. },
+                    ..
+                } = step
+                {
+                    self.inflight.fetch_add(1, Ordering::AcqRel);
+                }
+                step
+            };
+            match step {
+                WriteStep::Done => {}
+                WriteStep::InPlace(h) => {
+                    let r = self.file.write_at(data, h);
+                    self.inflight.fetch_sub(1, Ordering::AcqRel);
+                    r?;
+                }
+                WriteStep::Cow { h, raw, entry } => {
+                    let counted = matches!(entry, L2Entry::Normal(_) | L2Entry::Compressed { .. });
+                    let mut store = vec![0u8; cs as usize + DIRECT_ALIGN];
+                    let a = store.as_ptr().align_offset(DIRECT_ALIGN);
+                    let full = &mut store[a..a + cs as usize];
+                    let r = self.cluster_content(gc, entry, full);
+                    if counted {
+                        self.inflight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    let r = r.and_then(|()| {
+                        full[inoff as usize..inoff as usize + n].copy_from_slice(data);
+                        self.file.write_at(full, h)
+                    });
+                    let mut g = self.lock();
+                    g.writing.remove(&gc);
+                    self.alloc_done.notify_all();
+                    match r {
+                        Ok(()) => {
+                            if !g.link_cow_cluster(gc, h, raw)? {
+                                // The entry changed meanwhile (discard,
+                                // zeroing, snapshot): redo this cluster.
+                                continue;
+                            }
+                        }
+                        Err(e) => {
+                            g.pending_free.push((h, cs));
+                            return Err(e);
+                        }
+                    }
+                }
+                WriteStep::New(h) => {
+                    let r = self.file.write_at(data, h);
+                    let mut g = self.lock();
+                    g.writing.remove(&gc);
+                    self.alloc_done.notify_all();
+                    match r {
+                        Ok(()) => g.link_new_cluster(gc, h)?,
+                        Err(e) => {
+                            g.pending_free.push((h, cs));
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            done += n;
+        }
+        Ok(())
     }
     fn flush(&self) -> Result<()> {
         if self.read_only {
@@ -1681,6 +1893,7 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
             read_only: false,
             open_backing: false,
             cache_bytes: 8 << 20,
+            direct: false,
         },
     )?;
     {

@@ -294,6 +294,9 @@ impl Qcow2 {
             });
         }
         let mut g = self.lock();
+        // In-place writes outside the lock must not land in clusters that
+        // become shared with the snapshot.
+        g.wait_no_readers();
         if g.snapshots.iter().any(|s| s.name == name) {
             return Err(Error::Invalid(format!(
                 "{}: a snapshot named '{name}' already exists",
