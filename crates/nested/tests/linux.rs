@@ -1,0 +1,93 @@
+//! Real Linux (Debian's stock kernel) booted by vireo, nested in QEMU TCG with emulated
+//! AMD-V. Every assertion is about what the guest itself printed.
+
+use vireo_nested::{available, utc_date_today, Kernel, Outcome, Scenario};
+
+/// What the guest reports about itself; each value follows a label line.
+const REPORT: &str = "\
+echo NPROC; nproc
+echo MEMTOTAL; sed -n 's/^MemTotal: *\\([0-9]*\\) kB$/\\1/p' /proc/meminfo
+echo MEMORY-LINE; dmesg | grep -m1 'Memory: '
+echo DATE; date -u +%F
+echo CMDLINE; cat /proc/cmdline
+echo ONLINE; cat /sys/devices/system/cpu/online
+";
+
+/// RAM the kernel manages: e820 RAM minus page 0 (reserved by Linux), in KiB, for a
+/// vireo guest of `mib` MiB (RAM below 0x9fc00 and from 1 MiB; the 4 KiB at 0x9f000..
+/// 0x9fc00 are not a whole page... Linux drops the partial page, so RAM is 0x1000..0x9f000
+/// and 1 MiB..end).
+fn managed_kib(mib: u64) -> u64 {
+    ((0x9_f000 - 0x1000) + (mib << 20) - 0x10_0000) / 1024
+}
+
+fn check_report(o: &Outcome, cpus: u32, mib: u64, cmdline: &str) {
+    assert_eq!(o.vireo_status, Some(0), "{}", o.describe());
+    assert_eq!(o.count("VIREO-L2-INIT"), 1, "{}", o.describe());
+    assert_eq!(
+        o.after("NPROC"),
+        Some(cpus.to_string().as_str()),
+        "{}",
+        o.describe()
+    );
+    let online = if cpus == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", cpus - 1)
+    };
+    assert_eq!(o.after("ONLINE"), Some(online.as_str()), "{}", o.describe());
+    // "Memory: 199428K/261752K available (...)": the second number is all RAM the kernel
+    // manages, which must be exactly what vireo's e820 map gives.
+    let line = o.after("MEMORY-LINE").unwrap_or_default();
+    let managed: u64 = line
+        .split_once('/')
+        .and_then(|(_, r)| r.split_once('K'))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Memory: line\n{}", o.describe()));
+    assert_eq!(managed, managed_kib(mib), "{}", o.describe());
+    let total: u64 = o
+        .after("MEMTOTAL")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal\n{}", o.describe()));
+    // MemTotal = managed RAM minus what the kernel reserved for itself (image, memmap,
+    // early allocations): below the RAM, and for Debian's kernel within 80 MiB of it.
+    assert!(
+        total < managed && total > managed - 80 * 1024,
+        "MemTotal {total} KiB vs {managed} KiB managed\n{}",
+        o.describe()
+    );
+    let date = o.after("DATE").unwrap_or_default().to_string();
+    let today = utc_date_today();
+    assert!(
+        date == today || date == utc_date_today(),
+        "guest date {date}, host {today}\n{}",
+        o.describe()
+    );
+    assert_eq!(o.after("CMDLINE"), Some(cmdline), "{}", o.describe());
+}
+
+fn report_boot(name: &str, kernel: Kernel, cpus: u32, mib: u64) {
+    if !available(name) {
+        return;
+    }
+    let cmdline = format!("console=ttyS0 panic=-1 quiet vireo.test={name} x=\"a b\"");
+    let o = Scenario::new(name)
+        .l2_kernel(kernel)
+        .l2_cmdline(&cmdline)
+        .init_script(&format!("{REPORT}\npoweroff -f"))
+        .vireo_args(&[
+            "--cpus",
+            &cpus.to_string(),
+            "--memory",
+            &format!("{mib}M"),
+        ])
+        .run()
+        .unwrap();
+    eprintln!("{name}: {:.1} s", o.elapsed.as_secs_f64());
+    check_report(&o, cpus, mib, &cmdline);
+}
+
+#[test]
+fn debian_kernel_1_cpu() {
+    report_boot("debian_kernel_1_cpu", Kernel::DebianStock, 1, 256);
+}
