@@ -86,7 +86,7 @@ impl Archive {
     }
 
     fn pad(&mut self) {
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
     }
@@ -110,7 +110,7 @@ mod tests {
         let mut out = Vec::new();
         a.finish(&mut out).unwrap();
         assert_eq!(&out[..6], b"070701");
-        assert_eq!(out.len() % 4, 0);
+        assert!(out.len().is_multiple_of(4));
         // Second header starts 4-aligned after "bin\0".
         let second = 116; // 110-byte header + "bin\0", padded to 4
         assert_eq!(&out[second..second + 6], b"070701");

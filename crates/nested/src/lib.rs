@@ -375,11 +375,7 @@ impl Scenario {
             .file("l2/kernel", 0o644, &read(l2_kernel)?)
             .file("l2/initrd", 0o644, l2_initrd);
         for m in &p.modules {
-            a.file(
-                &format!("lib/nested/{}", file_name(m)),
-                0o644,
-                &read(m)?,
-            );
+            a.file(&format!("lib/nested/{}", file_name(m)), 0o644, &read(m)?);
         }
         for lib in &p.libs {
             let s = lib.to_string_lossy();
@@ -395,7 +391,13 @@ impl Scenario {
 
 /// Why nested tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
-    for tool in ["qemu-system-x86_64", "apt-get", "apt-cache", "dpkg-deb", "ldd"] {
+    for tool in [
+        "qemu-system-x86_64",
+        "apt-get",
+        "apt-cache",
+        "dpkg-deb",
+        "ldd",
+    ] {
         if which(tool).is_none() {
             return Some(format!("{tool} is not installed (scripts/install-deps.sh)"));
         }
@@ -428,10 +430,7 @@ fn target_dir() -> PathBuf {
     // Test binaries live in <target>/<profile>/deps/; cargo marks <target> with
     // CACHEDIR.TAG.
     if let Ok(exe) = std::env::current_exe() {
-        if let Some(t) = exe
-            .ancestors()
-            .find(|a| a.join("CACHEDIR.TAG").is_file())
-        {
+        if let Some(t) = exe.ancestors().find(|a| a.join("CACHEDIR.TAG").is_file()) {
             return t.to_path_buf();
         }
     }
@@ -537,13 +536,16 @@ fn unpacked_package(pkg: &str) -> Result<PathBuf> {
     let dl = pkgs.join(format!("download-{pkg}"));
     let _ = fs::remove_dir_all(&dl);
     mkdirs(&dl)?;
-    output(Command::new("apt-get").args(["download", "-q", pkg]).current_dir(&dl))?;
+    output(
+        Command::new("apt-get")
+            .args(["download", "-q", pkg])
+            .current_dir(&dl),
+    )?;
     let deb = only_entry(&dl, pkg)?;
     let tmp = pkgs.join(format!("unpack-{pkg}"));
     let _ = fs::remove_dir_all(&tmp);
     output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
-    fs::write(tmp.join(".complete"), b"")
-        .map_err(|e| Error(format!("{}: {e}", tmp.display())))?;
+    fs::write(tmp.join(".complete"), b"").map_err(|e| Error(format!("{}: {e}", tmp.display())))?;
     let _ = fs::remove_dir_all(&dest);
     fs::rename(&tmp, &dest).map_err(|e| Error(format!("{}: {e}", dest.display())))?;
     let _ = fs::remove_dir_all(&dl);

@@ -75,12 +75,7 @@ fn report_boot(name: &str, kernel: Kernel, cpus: u32, mib: u64) {
         .l2_kernel(kernel)
         .l2_cmdline(&cmdline)
         .init_script(&format!("{REPORT}\npoweroff -f"))
-        .vireo_args(&[
-            "--cpus",
-            &cpus.to_string(),
-            "--memory",
-            &format!("{mib}M"),
-        ])
+        .vireo_args(&["--cpus", &cpus.to_string(), "--memory", &format!("{mib}M")])
         .run()
         .unwrap();
     eprintln!("{name}: {:.1} s", o.elapsed.as_secs_f64());
@@ -90,4 +85,127 @@ fn report_boot(name: &str, kernel: Kernel, cpus: u32, mib: u64) {
 #[test]
 fn debian_kernel_1_cpu() {
     report_boot("debian_kernel_1_cpu", Kernel::DebianStock, 1, 256);
+}
+
+#[test]
+fn debian_kernel_2_cpus() {
+    report_boot("debian_kernel_2_cpus", Kernel::DebianStock, 2, 256);
+}
+
+#[test]
+fn debian_kernel_4_cpus_512m() {
+    report_boot("debian_kernel_4_cpus_512m", Kernel::DebianStock, 4, 512);
+}
+
+/// The same kernel as an ELF vmlinux: vireo takes the PVH entry.
+#[test]
+fn debian_kernel_pvh_2_cpus() {
+    report_boot("debian_kernel_pvh_2_cpus", Kernel::DebianStockPvh, 2, 256);
+}
+
+/// Shell functions reading and writing CMOS NVRAM through /dev/port (index 0x70, data
+/// 0x71). vireo keeps NVRAM across guest resets, so a script can count boots there: the
+/// initramfs itself is fresh on every boot.
+const CMOS: &str = r#"
+cmos_idx() { printf "\\$(printf %o $1)" | dd of=/dev/port bs=1 seek=112 count=1 conv=notrunc 2>/dev/null; }
+cmos_rd() { cmos_idx $1; dd if=/dev/port bs=1 skip=113 count=1 2>/dev/null | od -An -tu1 | tr -d ' '; }
+cmos_wr() { cmos_idx $1; printf "\\$(printf %o $2)" | dd of=/dev/port bs=1 seek=113 count=1 conv=notrunc 2>/dev/null; }
+n=$(cmos_rd 80)
+echo "BOOT-COUNT $n"
+"#;
+
+/// `reboot -f` resets the guest and vireo boots it again (same VM, NVRAM kept); the second
+/// boot powers off and vireo exits 0.
+#[test]
+fn reboot_restarts_the_guest() {
+    let name = "reboot_restarts_the_guest";
+    if !available(name) {
+        return;
+    }
+    let o = Scenario::new(name)
+        .l2_cmdline("console=ttyS0 panic=-1 quiet")
+        .init_script(&format!(
+            "{CMOS}\nif [ \"$n\" = 0 ]; then cmos_wr 80 1; reboot -f; else cmos_wr 80 0; poweroff -f; fi"
+        ))
+        .vireo_args(&["--cpus", "2", "--memory", "256M"])
+        .run()
+        .unwrap();
+    eprintln!("{name}: {:.1} s", o.elapsed.as_secs_f64());
+    assert_eq!(o.vireo_status, Some(0), "{}", o.describe());
+    assert_eq!(o.count("VIREO-L2-INIT"), 2, "{}", o.describe());
+    assert_eq!(o.count("BOOT-COUNT 0"), 1, "{}", o.describe());
+    assert_eq!(o.count("BOOT-COUNT 1"), 1, "{}", o.describe());
+}
+
+/// With `--no-reboot`, the guest's reset ends vireo with status 0 after one boot.
+#[test]
+fn reboot_with_no_reboot_ends_vireo() {
+    let name = "reboot_with_no_reboot_ends_vireo";
+    if !available(name) {
+        return;
+    }
+    let o = Scenario::new(name)
+        .l2_cmdline("console=ttyS0 panic=-1 quiet")
+        .init_script("echo REBOOTING; reboot -f")
+        .vireo_args(&["--cpus", "1", "--memory", "256M", "--no-reboot"])
+        .run()
+        .unwrap();
+    eprintln!("{name}: {:.1} s", o.elapsed.as_secs_f64());
+    assert_eq!(o.vireo_status, Some(0), "{}", o.describe());
+    assert_eq!(o.count("VIREO-L2-INIT"), 1, "{}", o.describe());
+    assert_eq!(o.count("REBOOTING"), 1, "{}", o.describe());
+    assert!(o.vireo_stderr.contains("reset"), "{}", o.describe());
+}
+
+/// A kernel panic with `panic=-1` resets the guest at once: vireo restarts it like any
+/// reset (the second boot sees the NVRAM the first one wrote and powers off).
+#[test]
+fn kernel_panic_restarts_the_guest() {
+    let name = "kernel_panic_restarts_the_guest";
+    if !available(name) {
+        return;
+    }
+    let o = Scenario::new(name)
+        .l2_cmdline("console=ttyS0 panic=-1 quiet")
+        .init_script(&format!(
+            "{CMOS}\nif [ \"$n\" = 0 ]; then cmos_wr 80 1; echo c > /proc/sysrq-trigger; else cmos_wr 80 0; poweroff -f; fi"
+        ))
+        .vireo_args(&["--cpus", "1", "--memory", "256M"])
+        .run()
+        .unwrap();
+    eprintln!("{name}: {:.1} s", o.elapsed.as_secs_f64());
+    assert_eq!(o.vireo_status, Some(0), "{}", o.describe());
+    assert!(
+        o.l2_console
+            .contains("Kernel panic - not syncing: sysrq triggered crash"),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(o.count("VIREO-L2-INIT"), 2, "{}", o.describe());
+    assert_eq!(o.count("BOOT-COUNT 1"), 1, "{}", o.describe());
+}
+
+/// init exiting panics the kernel ("Attempted to kill init"); with `--no-reboot` the
+/// panic's reset ends vireo, with status 0 (vireo cannot tell a panic from a reboot).
+#[test]
+fn init_exit_panics_and_no_reboot_ends_vireo() {
+    let name = "init_exit_panics_and_no_reboot_ends_vireo";
+    if !available(name) {
+        return;
+    }
+    let o = Scenario::new(name)
+        .l2_cmdline("console=ttyS0 panic=-1 quiet")
+        .init_script("echo EXITING; exit 3")
+        .vireo_args(&["--cpus", "1", "--memory", "256M", "--no-reboot"])
+        .run()
+        .unwrap();
+    eprintln!("{name}: {:.1} s", o.elapsed.as_secs_f64());
+    assert!(
+        o.l2_console
+            .contains("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000300"),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(o.count("VIREO-L2-INIT"), 1, "{}", o.describe());
+    assert_eq!(o.vireo_status, Some(0), "{}", o.describe());
 }
