@@ -59,6 +59,11 @@ pub enum Kernel {
     /// The same kernel as an ELF vmlinux extracted from the bzImage: it carries the PVH
     /// note (`CONFIG_PVH=y`), so vireo boots it through its PVH path.
     DebianStockPvh,
+    /// The minimal kernel built from Debian's `linux-source-6.1` with
+    /// `kernel/config-6.1-vireo` (see [`minimal_kernel`]), as the ELF vmlinux (PVH entry).
+    MinimalPvh,
+    /// The same minimal kernel as a bzImage.
+    MinimalBzImage,
     /// Any kernel image on the host.
     File(PathBuf),
 }
@@ -218,6 +223,8 @@ impl Scenario {
         let l2_kernel = match &self.kernel {
             Kernel::DebianStock => p.bzimage.clone(),
             Kernel::DebianStockPvh => debian_vmlinux(p)?,
+            Kernel::MinimalPvh => minimal_kernel()?.vmlinux,
+            Kernel::MinimalBzImage => minimal_kernel()?.bzimage,
             Kernel::File(path) => path.clone(),
         };
         let l2_initrd = self.l2_initramfs(p)?;
@@ -587,6 +594,128 @@ fn debian_vmlinux(p: &Prepared) -> Result<PathBuf> {
         "no xz-compressed ELF found in {}",
         p.bzimage.display()
     ))
+}
+
+/// The config fragment of the minimal kernel (on top of `make tinyconfig`).
+pub const MINIMAL_CONFIG: &str = include_str!("../kernel/config-6.1-vireo");
+
+/// The minimal guest kernel's images.
+#[derive(Clone, Debug)]
+pub struct MinimalKernel {
+    pub vmlinux: PathBuf,
+    pub bzimage: PathBuf,
+}
+
+/// Builds (once; cached under `target/nested/kernels/minimal-<source version>-<config
+/// hash>/`) the minimal guest kernel: Debian's `linux-source-6.1` (`apt-get download`ed and
+/// unpacked like the other packages), `make tinyconfig`, [`MINIMAL_CONFIG`] merged with
+/// `scripts/kconfig/merge_config.sh`, `make olddefconfig`, a check that every `=y` option
+/// of the fragment survived, then `make bzImage` with one job per CPU. Build log:
+/// `build.log` in the kernel's build directory.
+pub fn minimal_kernel() -> Result<MinimalKernel> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let src_pkg = unpacked_package("linux-source-6.1")?;
+    let version = file_name(&src_pkg);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in MINIMAL_CONFIG.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    let name = format!("minimal-{version}-{hash:016x}");
+    let dest = nested_dir().join("kernels").join(&name);
+    let done = MinimalKernel {
+        vmlinux: dest.join("vmlinux"),
+        bzimage: dest.join("bzImage"),
+    };
+    if dest.join(".complete").is_file() {
+        return Ok(done);
+    }
+    let tarball = only_entry(&src_pkg.join("usr/src"), "linux-source-6.1.tar")?;
+    let src = nested_dir().join("kbuild").join(&version);
+    let tree = src.join("linux-source-6.1");
+    if !src.join(".complete").is_file() {
+        let _ = fs::remove_dir_all(&src);
+        mkdirs(&src)?;
+        output(
+            Command::new("tar")
+                .arg("-xf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&src),
+        )?;
+        fs::write(src.join(".complete"), b"").map_err(|e| Error(e.to_string()))?;
+    }
+    let out = nested_dir().join("kernels").join(format!("{name}.build"));
+    let _ = fs::remove_dir_all(&out);
+    mkdirs(&out)?;
+    let fragment = out.join("config-6.1-vireo");
+    fs::write(&fragment, MINIMAL_CONFIG).map_err(|e| Error(e.to_string()))?;
+    let make = |args: &[&str]| -> Result<String> {
+        output(
+            Command::new("make")
+                .arg("-C")
+                .arg(&tree)
+                .arg(format!("O={}", out.display()))
+                .args(args),
+        )
+    };
+    make(&["tinyconfig"])?;
+    output(
+        Command::new(tree.join("scripts/kconfig/merge_config.sh"))
+            .args(["-m", "-O"])
+            .arg(&out)
+            .arg(out.join(".config"))
+            .arg(&fragment)
+            .current_dir(&tree),
+    )?;
+    make(&["olddefconfig"])?;
+    let config = fs::read_to_string(out.join(".config")).map_err(|e| Error(e.to_string()))?;
+    let missing: Vec<&str> = MINIMAL_CONFIG
+        .lines()
+        .filter(|l| l.starts_with("CONFIG_") && l.ends_with("=y"))
+        .filter(|l| !config.lines().any(|c| c == *l))
+        .collect();
+    if !missing.is_empty() {
+        return err(format!(
+            "minimal kernel config: not set after olddefconfig: {missing:?} ({})",
+            out.join(".config").display()
+        ));
+    }
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let log = out.join("build.log");
+    let status = Command::new("make")
+        .arg("-C")
+        .arg(&tree)
+        .arg(format!("O={}", out.display()))
+        .arg(format!("-j{jobs}"))
+        .arg("bzImage")
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&log).map_err(|e| Error(e.to_string()))?)
+        .stderr(Stdio::from(
+            fs::File::options()
+                .append(true)
+                .open(&log)
+                .map_err(|e| Error(e.to_string()))?,
+        ))
+        .status()
+        .map_err(|e| Error(format!("make: {e}")))?;
+    if !status.success() {
+        return err(format!(
+            "minimal kernel build failed ({status}), see {}",
+            log.display()
+        ));
+    }
+    mkdirs(&dest)?;
+    for (from, to) in [
+        (out.join("vmlinux"), &done.vmlinux),
+        (out.join("arch/x86/boot/bzImage"), &done.bzimage),
+        (out.join(".config"), &dest.join("config")),
+    ] {
+        fs::copy(&from, to).map_err(|e| Error(format!("{}: {e}", from.display())))?;
+    }
+    fs::write(dest.join(".complete"), b"").map_err(|e| Error(e.to_string()))?;
+    let _ = fs::remove_dir_all(&out);
+    Ok(done)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
