@@ -4,7 +4,8 @@
 //! cargo run --release -p vireo-nested --example nested-run -- NAME 'L2 CMDLINE' 'SCRIPT' [VIREO ARGS...]
 //! ```
 //! `VIREO_NESTED_PVH=1` boots the ELF vmlinux instead of the bzImage;
-//! `VIREO_NESTED_TIMEOUT=<seconds>` changes the 300 s limit.
+//! `VIREO_NESTED_TIMEOUT=<seconds>` changes the 300 s limit; `VIREO_NESTED_LOG=<level>`
+//! sets vireo's `VIREO_LOG` (default debug).
 
 use std::time::Duration;
 use vireo_nested::{Kernel, Scenario};
@@ -31,6 +32,7 @@ fn main() {
         .init_script(&args[2])
         .vireo_args(&rest)
         .timeout(Duration::from_secs(timeout))
+        .vireo_log(&std::env::var("VIREO_NESTED_LOG").unwrap_or_else(|_| "debug".into()))
         .run()
         .unwrap_or_else(|e| {
             eprintln!("nested-run: {e}");
