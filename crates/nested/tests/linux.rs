@@ -13,10 +13,9 @@ echo CMDLINE; cat /proc/cmdline
 echo ONLINE; cat /sys/devices/system/cpu/online
 ";
 
-/// RAM the kernel manages: e820 RAM minus page 0 (reserved by Linux), in KiB, for a
-/// vireo guest of `mib` MiB (RAM below 0x9fc00 and from 1 MiB; the 4 KiB at 0x9f000..
-/// 0x9fc00 are not a whole page... Linux drops the partial page, so RAM is 0x1000..0x9f000
-/// and 1 MiB..end).
+/// RAM the kernel manages, in KiB, for a vireo guest of `mib` MiB: vireo's e820 RAM is
+/// 0..0x9fc00 and 1 MiB..end; Linux keeps whole pages only (0x9f000..0x9fc00 is dropped)
+/// and reserves page 0, leaving 0x1000..0x9f000 and 1 MiB..end.
 fn managed_kib(mib: u64) -> u64 {
     ((0x9_f000 - 0x1000) + (mib << 20) - 0x10_0000) / 1024
 }
