@@ -2,7 +2,8 @@
 # Installs what vireo's build, tests and benchmarks need on a Debian machine (idempotent),
 # then checks that every tool is really there.
 set -euo pipefail
-pkgs=(gcc g++ binutils qemu-utils qemu-system-x86 acpica-tools)
+# xz-utils..libelf-dev: the nested tier (Debian kernel packages, minimal guest kernel build).
+pkgs=(gcc g++ binutils qemu-utils qemu-system-x86 acpica-tools xz-utils make bc bison flex libelf-dev)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 apt_install() {
@@ -21,6 +22,10 @@ fi
 if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null; then
     apt_install qemu-utils
 fi
+<<<<<<< HEAD
 for tool in gcc g++ objcopy qemu-img qemu-io qemu-system-x86_64 iasl; do
+=======
+for tool in gcc objcopy qemu-img qemu-io qemu-system-x86_64 iasl xz make bc bison flex; do
+>>>>>>> nested
     command -v "$tool" >/dev/null || { echo "install-deps: $tool is missing after installing ${pkgs[*]}" >&2; exit 1; }
 done

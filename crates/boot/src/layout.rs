@@ -10,6 +10,7 @@
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  EBDA .. 1 MiB: reserved (VGA hole, option ROMs, BIOS)
 //! 0x000e_0000  ACPI tables (RSDP first; scanned by Linux in 0xe0000..0x100000)
+//! 0x000f_fff0  reset vector (F000:FFF0): a 16-byte real-mode stub that resets the machine
 //! 0x0010_0000  RAM: kernel, initrd (at the top of low RAM)...
 //! 0xc000_0000  MMIO hole start (3 GiB): 32-bit PCI BARs
 //! 0xe000_0000  PCI ECAM (256 buses)
@@ -41,9 +42,15 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the Extended BIOS Data Area: low RAM ends here.
 pub const EBDA_START: u64 = 0x9fc00;
-/// ACPI tables region (RSDP at its start).
+/// ACPI tables region (RSDP at its start); ends at the page holding the reset vector.
 pub const ACPI_START: u64 = 0xe0000;
-pub const ACPI_SIZE: u64 = 0x20000;
+pub const ACPI_SIZE: u64 = 0x1f000;
+/// The real-mode reset vector, F000:FFF0. A PC BIOS has a jump to its reset code here;
+/// vireo has no firmware, so [`crate::loader::write_reset_stub`] puts a tiny real-mode
+/// stub here that asks the platform for a reset (Linux's "BIOS reboot" jumps here).
+pub const RESET_VECTOR: u64 = 0xf_fff0;
+/// Size of the reset-vector area (up to 1 MiB).
+pub const RESET_VECTOR_SIZE: u64 = 0x10;
 /// First byte above the legacy 1 MiB area.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 
@@ -156,6 +163,7 @@ mod tests {
             (PML4_START, 0x3000),
             (CMDLINE_START, CMDLINE_MAX_SIZE as u64),
             (ACPI_START, ACPI_SIZE),
+            (RESET_VECTOR, RESET_VECTOR_SIZE),
         ];
         for (i, a) in areas.iter().enumerate() {
             assert!(a.0 + a.1 <= HIGH_MEMORY_START);

@@ -612,6 +612,38 @@ fn write_pvh_start_info<M: GuestMemoryBackend>(
         .map_err(|e| BootError::Write(format!("PVH start info: {e}")))
 }
 
+/// The 16-bit code at the reset vector (see [`write_reset_stub`]).
+pub fn reset_stub() -> [u8; layout::RESET_VECTOR_SIZE as usize] {
+    let [lo, hi] = layout::ports::ACPI_RESET.to_le_bytes();
+    let mut code = [0xf4u8; layout::RESET_VECTOR_SIZE as usize]; // hlt padding
+    #[rustfmt::skip]
+    let stub = [
+        0xba, lo, hi, // mov dx, ACPI_RESET
+        0xb0, layout::ports::ACPI_RESET_VALUE, // mov al, ACPI_RESET_VALUE
+        0xee, // out dx, al
+        0xb0, 0xfe, // mov al, 0xfe (i8042: pulse the reset line)
+        0xe6, layout::ports::I8042_COMMAND as u8, // out 0x64, al
+        0xf4, // hlt
+        0xeb, 0xfd, // jmp back to hlt
+    ];
+    code[..stub.len()].copy_from_slice(&stub);
+    code
+}
+
+/// Writes a real-mode stub at the reset vector (F000:FFF0) that resets the machine: it
+/// writes the FADT reset value to the ACPI reset register, then (should that be ignored)
+/// pulses the i8042 reset line, then halts.
+///
+/// Without firmware the reset vector would be zeroed RAM, and a guest that jumps there to
+/// reboot would run through it forever. Linux does exactly that on vireo: a hardware-reduced
+/// ACPI platform without DMI makes it pick the EFI reboot method, which does nothing without
+/// EFI runtime services, and the next method it tries is the "BIOS" one —
+/// `machine_real_restart()`, a far jump to F000:FFF0 in real mode.
+pub fn write_reset_stub<M: GuestMemoryBackend>(mem: &M) -> Result<()> {
+    mem.write_slice(&reset_stub(), GuestAddress(layout::RESET_VECTOR))
+        .map_err(|e| BootError::Write(format!("reset vector: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,6 +669,27 @@ mod tests {
         assert_eq!(bz.cmdline_max, 2047);
         assert_eq!(bz.initrd_limit, 0x8000_0000);
         assert!(bz.min_memory > layout::HIGH_MEMORY_START);
+    }
+
+    #[test]
+    fn reset_stub_writes_the_acpi_reset_register_then_the_i8042() {
+        let mem = memory(64 << 20);
+        write_reset_stub(&mem).unwrap();
+        let mut code = [0u8; 16];
+        mem.read_slice(&mut code, GuestAddress(0xf_fff0)).unwrap();
+        assert_eq!(code, reset_stub());
+        // mov dx, 0x602; mov al, 1; out dx, al; mov al, 0xfe; out 0x64, al; hlt; jmp $-1
+        assert_eq!(
+            &code[..13],
+            &[0xba, 0x02, 0x06, 0xb0, 0x01, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]
+        );
+        // The stub ends exactly at 1 MiB, in the e820 reserved area below it.
+        assert_eq!(layout::RESET_VECTOR + 16, layout::HIGH_MEMORY_START);
+        assert!(e820_map(&mem)
+            .iter()
+            .any(|&(start, len, kind)| kind != E820_RAM
+                && start <= layout::RESET_VECTOR
+                && start + len >= layout::HIGH_MEMORY_START));
     }
 
     #[test]
