@@ -17,15 +17,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     apt_install "${missing[@]}"
 fi
-# Debian's qemu-system-x86 can displace a newer qemu-utils installed from elsewhere; the
-# interop tests need qemu-img and qemu-io whatever their version.
-if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null; then
-    apt_install qemu-utils
+# The interop tests compare with qemu-img/qemu-io: use the distribution's qemu-utils, the
+# same release as its qemu-system-x86, so every machine tests against the same version (a
+# newer qemu-utils installed from elsewhere is replaced, and may already have been displaced
+# by qemu-system-x86).
+want=$(apt-cache policy qemu-utils | awk '/Candidate:/ {print $2}')
+have=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+if [ -n "$want" ] && [ "$want" != "(none)" ] && [ "$have" != "$want" ]; then
+    apt_install --allow-downgrades "qemu-utils=$want"
 fi
-<<<<<<< HEAD
-for tool in gcc g++ objcopy qemu-img qemu-io qemu-system-x86_64 iasl; do
-=======
-for tool in gcc objcopy qemu-img qemu-io qemu-system-x86_64 iasl xz make bc bison flex; do
->>>>>>> nested
+for tool in gcc g++ objcopy qemu-img qemu-io qemu-system-x86_64 iasl xz make bc bison flex; do
     command -v "$tool" >/dev/null || { echo "install-deps: $tool is missing after installing ${pkgs[*]}" >&2; exit 1; }
 done
