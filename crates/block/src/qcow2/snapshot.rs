@@ -3,6 +3,7 @@
 use super::header::{be16, be32, be64, check_table, Header, MAX_L1_BYTES};
 use super::{decode_l2, Inner, L2Entry, Qcow2, OFFSET_MASK, OFLAG_COPIED};
 use crate::{Error, HostFile, Result};
+use std::sync::MutexGuard;
 
 /// Largest snapshot table qemu accepts.
 const MAX_TABLE_BYTES: u64 = 64 << 20;
@@ -286,17 +287,23 @@ impl Qcow2 {
         self.lock().snapshots.clone()
     }
 
-    /// Creates an internal snapshot of the current disk state.
-    pub fn snapshot_create(&self, name: &str) -> Result<()> {
+    /// The metadata lock for a snapshot operation on a writable image, once no data I/O
+    /// runs outside the lock: in-place writes must not land in clusters that become (or
+    /// stop being) shared with a snapshot.
+    fn lock_for_snapshot(&self) -> Result<MutexGuard<'_, Inner>> {
         if self.is_read_only_img() {
             return Err(Error::ReadOnly {
                 path: self.path_buf(),
             });
         }
-        let mut g = self.lock();
-        // In-place writes outside the lock must not land in clusters that
-        // become shared with the snapshot.
+        let g = self.lock();
         g.wait_no_readers();
+        Ok(g)
+    }
+
+    /// Creates an internal snapshot of the current disk state.
+    pub fn snapshot_create(&self, name: &str) -> Result<()> {
+        let mut g = self.lock_for_snapshot()?;
         if g.snapshots.iter().any(|s| s.name == name) {
             return Err(Error::Invalid(format!(
                 "{}: a snapshot named '{name}' already exists",
@@ -357,13 +364,7 @@ impl Qcow2 {
 
     /// Reverts the disk to the snapshot (by ID or name).
     pub fn snapshot_apply(&self, name: &str) -> Result<()> {
-        if self.is_read_only_img() {
-            return Err(Error::ReadOnly {
-                path: self.path_buf(),
-            });
-        }
-        let mut g = self.lock();
-        g.wait_no_readers();
+        let mut g = self.lock_for_snapshot()?;
         g.flush()?;
         let i = g.find_snapshot(name)?;
         let s = g.snapshots[i].clone();
@@ -374,11 +375,9 @@ impl Qcow2 {
         let need = Header::l1_entries_for(new_size, g.cb).max(snap_l1.len() as u64);
         g.grow_l1(need)?;
         let old = g.l1.clone();
-        let len = g.l1.len();
         for (k, e) in g.l1.iter_mut().enumerate() {
             *e = snap_l1.get(k).copied().unwrap_or(0) & !OFLAG_COPIED;
         }
-        debug_assert_eq!(len, g.l1.len());
         g.write_l1()?;
         g.file.sync()?;
         g.hdr.size = new_size;
@@ -393,13 +392,7 @@ impl Qcow2 {
 
     /// Deletes the snapshot (by ID or name).
     pub fn snapshot_delete(&self, name: &str) -> Result<()> {
-        if self.is_read_only_img() {
-            return Err(Error::ReadOnly {
-                path: self.path_buf(),
-            });
-        }
-        let mut g = self.lock();
-        g.wait_no_readers();
+        let mut g = self.lock_for_snapshot()?;
         g.flush()?;
         let i = g.find_snapshot(name)?;
         let s = g.snapshots[i].clone();
