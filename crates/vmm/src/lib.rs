@@ -106,8 +106,13 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmmError> {
     let mut boots = 0u32;
     loop {
         boots += 1;
+        let build_start = Instant::now();
         let mut vm = vm_builder::build(&kvm, config, &kernel, &platform)?;
-        log::debug!("boot {boots}: VM built in {:?}", start.elapsed());
+        log::debug!(
+            "boot {boots}: VM built in {:?} ({:?} since vireo started)",
+            build_start.elapsed(),
+            start.elapsed()
+        );
         let event = event_loop(&vm, &platform, &stop_signals, stdin_console);
         stop_vcpus(&mut vm);
         drop(vm);
