@@ -255,7 +255,8 @@ impl PoolManager {
     /// `dirs`; active pools are rescanned. Definitions that cannot be read
     /// are skipped and reported by [`PoolManager::warnings`]. The first
     /// time a config directory is used, the `default` pool is created in
-    /// `dirs.images_dir` (defined, built, started, autostarted).
+    /// `dirs.images_dir` (defined, built, started, autostarted); if that
+    /// fails, the reason is in the warnings and it is retried next time.
     pub fn open(dirs: StorageDirs) -> Result<PoolManager> {
         for d in [
             &dirs.config_dir,
@@ -341,15 +342,21 @@ impl PoolManager {
                 }
             }
         }
-        let mgr = PoolManager {
+        let mut mgr = PoolManager {
             dirs,
             inner: Mutex::new(Inner { pools }),
             warnings,
         };
         let marker = mgr.dirs.config_dir.join(MARKER);
         if !marker.exists() {
-            mgr.ensure_default_pool()?;
-            fsutil::write_atomic(&marker, b"", 0o600)?;
+            // A failure here must not keep the daemon from managing
+            // domains: report it and try again next time.
+            match mgr.ensure_default_pool() {
+                Ok(()) => fsutil::write_atomic(&marker, b"", 0o600)?,
+                Err(e) => mgr
+                    .warnings
+                    .push(format!("could not set up the '{DEFAULT_POOL}' pool: {e}")),
+            }
         }
         Ok(mgr)
     }
