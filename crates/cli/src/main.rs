@@ -2,7 +2,10 @@
 //!
 //! * `vireo run`: a one-off VM from flags, without the daemon.
 //! * `vireo img …`: disk images, with qemu-img's verbs, flags and output.
-//! * (later) virsh-style domain verbs through the daemon.
+//! * virsh's verbs (`list`, `define`, `start`, `console`, …) through vireod, chosen with
+//!   `-c URI` or `$VIREO_DEFAULT_URI` (module [`virsh`]).
+
+mod virsh;
 
 use std::process::ExitCode;
 
@@ -16,6 +19,10 @@ use vireo_vmm::cli::RunArgs;
     about = "vireo: run and manage KVM virtual machines"
 )]
 struct Cli {
+    /// The daemon to talk to: vireo:///system, vireo:///session, or with ?root=DIR
+    /// (default: $VIREO_DEFAULT_URI, else system for root and session for others).
+    #[arg(short = 'c', long = "connect", value_name = "URI", global = true)]
+    connect: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,12 +34,20 @@ enum Command {
     /// Disk images (raw, qcow2; vmdk/vdi/vhd/vhdx import) with qemu-img's verbs.
     #[command(subcommand)]
     Img(vireo_img::ImgCommand),
+    #[command(flatten)]
+    Domain(virsh::domain::DomainCommand),
+    #[command(flatten)]
+    Host(virsh::host::HostCommand),
 }
 
 fn main() -> ExitCode {
     vireo_vmm::logging::init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let connect = cli.connect.as_deref();
+    match cli.command {
         Command::Run(args) => vireo_vmm::run_and_report(&args.into_config()),
         Command::Img(cmd) => vireo_img::run(cmd),
+        Command::Domain(cmd) => virsh::report(virsh::domain::run(connect, cmd)),
+        Command::Host(cmd) => virsh::report(virsh::host::run(connect, cmd)),
     }
 }
