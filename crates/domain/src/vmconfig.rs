@@ -1,0 +1,93 @@
+//! The domain model → the VMM's configuration ([`VmConfig`]).
+//!
+//! Each device kind has one arm in [`device`]: those vireo-vmm cannot run yet fail with
+//! the element's path. When VmConfig gains virtio devices (disks, nets, rng, vsock,
+//! balloon), their arms fill the new fields instead.
+
+use vireo_hypervisor::CpuTemplate;
+use vireo_vmm::{ConsoleConfig, VmConfig};
+
+use crate::error::DomainError;
+use crate::model::*;
+
+impl Domain {
+    /// The VMM configuration for this domain. `console` is where the guest's serial port
+    /// goes (the daemon passes its console socket; the domain's `<serial>`/`<console>`
+    /// elements only say that there is one, which vireo always has).
+    ///
+    /// Mapping: `<kernel>`/`<initrd>`/`<cmdline>` (empty when absent) → boot;
+    /// `<memory>` → RAM (`<currentMemory>` is the balloon target, for later);
+    /// `<vcpu current>` → vCPUs (no hotplug: the guest gets the current count);
+    /// `<cpu mode>` → CPU template ([`CpuMode::template`]; `host` when there is no
+    /// `<cpu>`); `<on_reboot>` other than `restart` → `no_reboot` (the VMM exits on a guest
+    /// reset and the daemon applies the action).
+    ///
+    /// Host limits (RAM, KVM's vCPU limit) are checked by [`VmConfig::validate`].
+    pub fn to_vm_config(&self, console: ConsoleConfig) -> Result<VmConfig, DomainError> {
+        self.validate()?;
+        let kernel = self.os.kernel.clone().ok_or_else(|| {
+            DomainError::not_runnable(
+                "/domain/os/kernel",
+                "direct kernel boot required: vireo runs no firmware that could boot from a disk \
+                 (add <kernel>, and <initrd>/<cmdline> as needed, to <os>)",
+            )
+        })?;
+        if let Some(Clock {
+            offset: ClockOffset::Localtime,
+            ..
+        }) = &self.clock
+        {
+            return Err(DomainError::not_runnable(
+                "/domain/clock[@offset='localtime']",
+                "vireo's real-time clock runs in UTC for now (use offset='utc')",
+            ));
+        }
+        let memory = self.memory_kib.checked_mul(1024).ok_or_else(|| {
+            DomainError::invalid("/domain/memory", "does not fit in 64 bits of bytes")
+        })?;
+        let mut cfg = VmConfig {
+            kernel,
+            initrd: self.os.initrd.clone(),
+            cmdline: self.os.cmdline.clone().unwrap_or_default(),
+            memory,
+            cpus: self.vcpu.current,
+            console,
+            cpu_template: self
+                .cpu
+                .as_ref()
+                .map_or(CpuTemplate::Host, |c| c.mode.template()),
+            no_reboot: self.on_reboot != LifecycleAction::Restart,
+        };
+        for d in &self.devices {
+            device(d, &mut cfg)?;
+        }
+        Ok(cfg)
+    }
+}
+
+/// Adds one device to the configuration, or says why the VMM cannot run it yet.
+fn device(d: &Device, _cfg: &mut VmConfig) -> Result<(), DomainError> {
+    const LATER: &str = "vireo-vmm has no virtio devices yet (they come with virtio-pci)";
+    match d {
+        Device::Disk(disk) => Err(DomainError::not_runnable(
+            format!("/domain/devices/disk (target '{}')", disk.target.dev),
+            LATER,
+        )),
+        Device::Interface(i) => Err(DomainError::not_runnable(
+            format!("/domain/devices/interface (mac '{}')", i.mac),
+            LATER,
+        )),
+        Device::Rng(_) => Err(DomainError::not_runnable("/domain/devices/rng", LATER)),
+        Device::Vsock(_) => Err(DomainError::not_runnable("/domain/devices/vsock", LATER)),
+        Device::Memballoon(Memballoon {
+            model: BalloonModel::Virtio,
+            ..
+        }) => Err(DomainError::not_runnable(
+            "/domain/devices/memballoon[@model='virtio']",
+            "vireo-vmm has no virtio devices yet (they come with virtio-pci); use model='none' for now",
+        )),
+        // COM1 always exists; `console` says where it goes.
+        Device::Serial(_) | Device::Console(_) => Ok(()),
+        Device::Memballoon(_) | Device::Other(_) => Ok(()),
+    }
+}
