@@ -36,6 +36,9 @@ pub(crate) fn parse(xml: &str) -> Result<Parsed> {
             limit: MAX_XML_BYTES,
         });
     }
+    if xml.trim().is_empty() {
+        return Err(DomainError::Xml("the document is empty".into()));
+    }
     let opts = ParsingOptions {
         allow_dtd: false,
         nodes_limit: MAX_NODES,
@@ -567,12 +570,14 @@ impl Parser {
             "host-model" => CpuMode::HostModel,
             "maximum" => CpuMode::Maximum,
             "custom" => CpuMode::Custom,
-            m => return Err(DomainError::invalid(
-                path,
-                format!(
+            m => {
+                return Err(DomainError::invalid(
+                    path,
+                    format!(
                     "unknown CPU mode '{m}' (use host-passthrough, host-model, maximum or custom)"
                 ),
-            )),
+                ))
+            }
         };
         let mut model = None;
         let mut topology = None;
@@ -1030,7 +1035,8 @@ impl Parser {
                         }
                     };
                     let s = attrs(c, &cpath, &[want], keep)?;
-                    let v = required(&s, want, &cpath, "")?;
+                    let hint = format!("a type='{want}' interface needs <source {want}=…/>");
+                    let v = required(&s, want, &cpath, &hint)?;
                     if v.is_empty() {
                         return Err(DomainError::invalid(&cpath, format!("{want}='' is empty")));
                     }

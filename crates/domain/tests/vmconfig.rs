@@ -1,0 +1,164 @@
+//! The domain model → VmConfig step.
+
+use std::path::PathBuf;
+
+use vireo_domain::Domain;
+use vireo_hypervisor::CpuTemplate;
+use vireo_vmm::{ConsoleConfig, VmConfig};
+
+fn corpus(name: &str) -> Domain {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(name);
+    Domain::from_xml(&std::fs::read_to_string(p).unwrap())
+        .unwrap()
+        .domain
+}
+
+#[test]
+fn runnable_domain_maps_every_field() {
+    let d = corpus("testguest-runnable.xml");
+    let cfg = d
+        .to_vm_config(ConsoleConfig::File("/tmp/c.log".into()))
+        .unwrap();
+    assert_eq!(
+        cfg,
+        VmConfig {
+            kernel: "/usr/lib/vireo/test-guest.elf".into(),
+            initrd: None,
+            cmdline: "console=ttyS0 vtg.action=poweroff".into(),
+            memory: 64 << 20,
+            cpus: 2,
+            console: ConsoleConfig::File("/tmp/c.log".into()),
+            cpu_template: CpuTemplate::Baseline,
+            no_reboot: true,
+        }
+    );
+}
+
+const SMALL: &str = "<domain type='kvm'><name>s</name><memory unit='MiB'>256</memory>\
+<vcpu current='3'>4</vcpu><os><type>hvm</type><kernel>/k</kernel><initrd>/i</initrd></os>\
+<features><acpi/></features>CPU<on_reboot>REBOOT</on_reboot><devices>DEVICES</devices></domain>";
+
+fn small(cpu: &str, reboot: &str, devices: &str) -> Domain {
+    let xml = SMALL
+        .replace("CPU", cpu)
+        .replace("REBOOT", reboot)
+        .replace("DEVICES", devices);
+    Domain::from_xml(&xml).unwrap().domain
+}
+
+#[test]
+fn cpu_modes_reboot_and_vcpus() {
+    let c = small("", "restart", "")
+        .to_vm_config(ConsoleConfig::Stdio)
+        .unwrap();
+    assert_eq!(c.cpu_template, CpuTemplate::Host); // no <cpu>: vireo's default
+    assert!(!c.no_reboot);
+    assert_eq!(c.cpus, 3); // the current count: no vCPU hotplug
+    assert_eq!(c.cmdline, ""); // no <cmdline>: empty, as libvirt passes it
+    assert_eq!(c.initrd, Some("/i".into()));
+    for (cpu, t) in [
+        ("<cpu mode='host-passthrough'/>", CpuTemplate::Host),
+        ("<cpu mode='host-model'/>", CpuTemplate::Host),
+        ("<cpu mode='maximum'/>", CpuTemplate::Host),
+        (
+            "<cpu mode='custom'><model>qemu64</model></cpu>",
+            CpuTemplate::Baseline,
+        ),
+        (
+            "<cpu><model>Skylake-Client</model></cpu>",
+            CpuTemplate::Baseline,
+        ),
+    ] {
+        let c = small(cpu, "restart", "")
+            .to_vm_config(ConsoleConfig::Stdio)
+            .unwrap();
+        assert_eq!(c.cpu_template, t, "{cpu}");
+    }
+    for (action, no_reboot) in [
+        ("destroy", true),
+        ("restart", false),
+        ("preserve", true),
+        ("rename-restart", true),
+    ] {
+        let c = small("", action, "")
+            .to_vm_config(ConsoleConfig::Stdio)
+            .unwrap();
+        assert_eq!(c.no_reboot, no_reboot, "{action}");
+    }
+}
+
+#[test]
+fn devices_the_vmm_cannot_run_yet_are_named() {
+    let cases = [
+        (
+            "<disk type='file' device='disk'><source file='/d.qcow2'/><target dev='vdb' bus='virtio'/></disk>",
+            "/domain/devices/disk (target 'vdb') cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci)",
+        ),
+        (
+            "<interface type='network'><mac address='52:54:00:00:00:09'/><source network='default'/><model type='virtio'/></interface>",
+            "/domain/devices/interface (mac '52:54:00:00:00:09') cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci)",
+        ),
+        (
+            "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
+            "/domain/devices/rng cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci)",
+        ),
+        (
+            "<vsock model='virtio'><cid auto='yes'/></vsock>",
+            "/domain/devices/vsock cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci)",
+        ),
+        (
+            "<memballoon model='virtio'/>",
+            "/domain/devices/memballoon[@model='virtio'] cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci); use model='none' for now",
+        ),
+    ];
+    for (dev, msg) in cases {
+        let e = small("", "restart", dev)
+            .to_vm_config(ConsoleConfig::Stdio)
+            .unwrap_err();
+        assert_eq!(e.to_string(), msg);
+    }
+    // Cosmetic devices, the serial console and a disabled balloon are fine.
+    small(
+        "",
+        "restart",
+        "<serial type='pty'/><console type='pty'/><memballoon model='none'/><video><model type='virtio'/></video><input type='tablet' bus='usb'/>",
+    )
+    .to_vm_config(ConsoleConfig::Stdio)
+    .unwrap();
+    // The corpus' virt-install guests are parsed but not runnable until virtio lands.
+    let e = corpus("debian12-q35-defined.xml")
+        .to_vm_config(ConsoleConfig::Stdio)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/domain/devices/disk (target 'vda') cannot be run yet"),
+        "{e}"
+    );
+}
+
+#[test]
+fn direct_kernel_boot_required_and_localtime() {
+    let d = Domain::from_xml(
+        "<domain type='kvm'><name>n</name><memory>65536</memory><os><type>hvm</type><boot dev='hd'/></os><features><acpi/></features></domain>",
+    )
+    .unwrap()
+    .domain;
+    assert_eq!(
+        d.to_vm_config(ConsoleConfig::Stdio).unwrap_err().to_string(),
+        "/domain/os/kernel cannot be run yet: direct kernel boot required: vireo runs no firmware that could boot from a disk (add <kernel>, and <initrd>/<cmdline> as needed, to <os>)"
+    );
+    let d = Domain::from_xml(
+        &SMALL
+            .replace("CPU", "<clock offset='localtime'/>")
+            .replace("REBOOT", "restart")
+            .replace("DEVICES", ""),
+    )
+    .unwrap()
+    .domain;
+    assert_eq!(
+        d.to_vm_config(ConsoleConfig::Stdio).unwrap_err().to_string(),
+        "/domain/clock[@offset='localtime'] cannot be run yet: vireo's real-time clock runs in UTC for now (use offset='utc')"
+    );
+}
