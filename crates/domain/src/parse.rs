@@ -46,6 +46,7 @@ pub(crate) fn parse(xml: &str) -> Result<Parsed> {
     };
     let doc =
         Document::parse_with_options(xml, opts).map_err(|e| DomainError::Xml(e.to_string()))?;
+    check_depth(&doc)?;
     let root = doc.root_element();
     if root.tag_name().name() != "domain" || root.tag_name().namespace().is_some() {
         return Err(DomainError::NotDomain(qname(root).to_string()));
@@ -59,6 +60,25 @@ pub(crate) fn parse(xml: &str) -> Result<Parsed> {
     }
     warnings.extend(p.warnings);
     Ok(Parsed { domain, warnings })
+}
+
+/// Deepest element nesting accepted (libvirt XML nests about 6 levels; kept elements are
+/// copied and written recursively).
+pub(crate) const MAX_DEPTH: usize = 64;
+
+fn check_depth(doc: &Document) -> Result<()> {
+    let mut depth = vec![0u16; doc.descendants().count() + 2];
+    for n in doc.descendants() {
+        let d = n.parent().map_or(0, |p| depth[p.id().get_usize()]) + 1;
+        if usize::from(d) > MAX_DEPTH {
+            return Err(DomainError::Xml(format!(
+                "elements are nested more than {MAX_DEPTH} levels deep at {}",
+                doc.text_pos_at(n.range().start)
+            )));
+        }
+        depth[n.id().get_usize()] = d;
+    }
+    Ok(())
 }
 
 #[derive(Default)]

@@ -436,3 +436,18 @@ fn devices() {
         assert_eq!(err(&xml), msg);
     }
 }
+
+#[test]
+fn deep_nesting_is_refused_not_a_crash() {
+    let depth = 100_000;
+    let xml = with(
+        "<title>T</title>",
+        &format!(
+            "<metadata>{}{}</metadata>",
+            "<x:a xmlns:x='urn:x'>".repeat(depth),
+            "</x:a>".repeat(depth)
+        ),
+    );
+    let msg = err(&xml);
+    assert!(msg.contains("nested"), "{msg}");
+}
