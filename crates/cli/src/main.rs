@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let connect = cli.connect.as_deref();
     match cli.command {
-        Command::Run(args) => vireo_vmm::run_and_report(&args.into_config()),
+        Command::Run(args) => vireo_vmm::run_from_args(&args),
         Command::Img(cmd) => vireo_img::run(cmd),
         Command::Domain(cmd) => virsh::report(virsh::domain::run(connect, cmd)),
         Command::Host(cmd) => virsh::report(virsh::host::run(connect, cmd)),

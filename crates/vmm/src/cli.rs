@@ -1,18 +1,40 @@
 //! The flags of `vireo run` and `vireo-vmm` (the same VM, started from the CLI or by vireod).
+//!
+//! Two kinds of flags: those that define the VM (`--kernel`, `--memory`, …), which can
+//! instead come from a JSON file with `--config`, and those that wire this process up
+//! (`--console`, `--console-log`, `--api-socket`, `--exit-file`, `--start-paused`), which
+//! combine with either and override what the file says.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use vireo_hypervisor::CpuTemplate;
 
-use crate::config::{parse_size, ConsoleConfig, VmConfig, DEFAULT_CMDLINE};
+use crate::config::{
+    parse_size, ConfigError, ConsoleConfig, VmConfig, VmmOptions, DEFAULT_CMDLINE,
+};
+
+/// The flags that `--config` replaces.
+const VM_FLAGS: [&str; 7] = [
+    "kernel",
+    "initrd",
+    "cmdline",
+    "memory",
+    "cpus",
+    "cpu_template",
+    "no_reboot",
+];
 
 /// Flags describing a one-off VM.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
+    /// Read the VM's configuration from a JSON file (a serialized VmConfig, see
+    /// docs/vmm-api.md) instead of the flags --kernel … --no-reboot.
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = VM_FLAGS)]
+    pub config: Option<PathBuf>,
     /// Kernel to boot: a bzImage or an ELF vmlinux (PVH entry preferred).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -25,28 +47,162 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
-    /// Serial console: stdio, or file:PATH.
-    #[arg(long, value_name = "stdio|file:PATH", default_value = "stdio")]
-    pub console: ConsoleConfig,
+    /// Serial console: stdio (the default), file:PATH, or socket:PATH (a unix socket
+    /// that console clients connect to).
+    #[arg(long, value_name = "stdio|file:PATH|socket:PATH")]
+    pub console: Option<ConsoleConfig>,
+    /// Also append every byte of serial output to this file.
+    #[arg(long, value_name = "PATH")]
+    pub console_log: Option<PathBuf>,
     /// CPU model: host (everything KVM offers) or baseline (a conservative x86-64).
     #[arg(long, value_name = "host|baseline", default_value = "host")]
     pub cpu_template: CpuTemplate,
     /// Exit (status 0) when the guest resets instead of restarting it.
     #[arg(long)]
     pub no_reboot: bool,
+    /// Listen for control commands (JSON, one per line) on this unix socket; SIGHUP is then
+    /// ignored (see docs/vmm-api.md).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Write {"status","reason","detail"} to this file (atomically) just before exiting.
+    #[arg(long, value_name = "PATH")]
+    pub exit_file: Option<PathBuf>,
+    /// Build the VM but do not run its vCPUs until a `resume` command.
+    #[arg(long)]
+    pub start_paused: bool,
 }
 
 impl RunArgs {
-    pub fn into_config(self) -> VmConfig {
-        VmConfig {
-            kernel: self.kernel,
-            initrd: self.initrd,
-            cmdline: self.cmdline,
-            memory: self.memory,
-            cpus: self.cpus,
-            console: self.console,
-            cpu_template: self.cpu_template,
-            no_reboot: self.no_reboot,
+    /// The process options alone: known even when the VM configuration cannot be read,
+    /// so that the exit file can still report why.
+    pub fn options(&self) -> VmmOptions {
+        VmmOptions {
+            api_socket: self.api_socket.clone(),
+            exit_file: self.exit_file.clone(),
+            start_paused: self.start_paused,
         }
+    }
+
+    /// The VM configuration: from `--config` or from the flags, with the console flags
+    /// applied on top.
+    pub fn vm_config(&self) -> Result<VmConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => VmConfig::from_json_file(path)?,
+            None => VmConfig {
+                // clap guarantees --kernel when there is no --config; an empty path is
+                // reported by the kernel loader like any missing file.
+                kernel: self.kernel.clone().unwrap_or_default(),
+                initrd: self.initrd.clone(),
+                cmdline: self.cmdline.clone(),
+                memory: self.memory,
+                cpus: self.cpus,
+                console: ConsoleConfig::Stdio,
+                console_log: None,
+                cpu_template: self.cpu_template,
+                no_reboot: self.no_reboot,
+            },
+        };
+        if let Some(console) = &self.console {
+            config.console = console.clone();
+        }
+        if let Some(log) = &self.console_log {
+            config.console_log = Some(log.clone());
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RunArgs, String> {
+        Cli::try_parse_from(std::iter::once("vireo-vmm").chain(args.iter().copied()))
+            .map(|c| c.run)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_make_a_config() {
+        let a = parse(&[
+            "--kernel",
+            "/k",
+            "--memory",
+            "64M",
+            "--console",
+            "socket:/run/c",
+            "--api-socket",
+            "/run/a",
+            "--exit-file",
+            "/run/e",
+            "--start-paused",
+        ])
+        .unwrap();
+        let c = a.vm_config().unwrap();
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.memory, 64 << 20);
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(c.console, ConsoleConfig::Socket("/run/c".into()));
+        let o = a.options();
+        assert_eq!(o.api_socket, Some("/run/a".into()));
+        assert_eq!(o.exit_file, Some("/run/e".into()));
+        assert!(o.start_paused);
+        let c = parse(&["--kernel", "/k"]).unwrap().vm_config().unwrap();
+        assert_eq!(c.console, ConsoleConfig::Stdio);
+        assert_eq!(c.memory, crate::config::DEFAULT_MEMORY);
+    }
+
+    #[test]
+    fn config_conflicts_with_vm_flags_but_not_with_wiring_flags() {
+        for flag in [
+            &["--kernel", "/k"][..],
+            &["--memory", "1G"],
+            &["--cpus", "2"],
+            &["--cmdline", "x"],
+            &["--initrd", "/i"],
+            &["--cpu-template", "baseline"],
+            &["--no-reboot"],
+        ] {
+            let mut args = vec!["--config", "/c.json"];
+            args.extend_from_slice(flag);
+            let e = parse(&args).unwrap_err();
+            assert!(e.contains("cannot be used with"), "{flag:?}: {e}");
+        }
+        let e = parse(&[]).unwrap_err();
+        assert!(e.contains("--kernel"), "{e}");
+
+        let dir = std::env::temp_dir().join(format!("vireo-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vm.json");
+        std::fs::write(
+            &file,
+            r#"{"kernel":"/k","cpus":3,"console":{"file":"/tmp/out"},"console_log":"/l1"}"#,
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = parse(&["--config", f]).unwrap().vm_config().unwrap();
+        assert_eq!(c.cpus, 3);
+        assert_eq!(c.console, ConsoleConfig::File("/tmp/out".into()));
+        let c = parse(&[
+            "--config",
+            f,
+            "--console",
+            "socket:/s",
+            "--console-log",
+            "/l2",
+        ])
+        .unwrap()
+        .vm_config()
+        .unwrap();
+        assert_eq!(c.console, ConsoleConfig::Socket("/s".into()));
+        assert_eq!(c.console_log, Some("/l2".into()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

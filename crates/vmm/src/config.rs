@@ -13,43 +13,137 @@ pub const MAX_XAPIC_CPUS: u32 = 255;
 /// Kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 
-/// Where the guest's serial console goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Largest `--config` file accepted: a VmConfig is a few hundred bytes; this leaves room for
+/// many devices while bounding what a bad path (say, a disk image) can make vireo read.
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+/// Where the guest's serial console goes. JSON: `"stdio"`, `{"file": PATH}`,
+/// `{"socket": PATH}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsoleConfig {
     /// The VMM's stdin/stdout.
+    #[default]
     Stdio,
     /// Appended to a file; no input.
     File(PathBuf),
+    /// A unix stream socket the VMM listens on: output goes to every connected client,
+    /// input comes from any of them; with no client the output is dropped (see
+    /// `console_log` to keep it).
+    Socket(PathBuf),
 }
 
 impl std::str::FromStr for ConsoleConfig {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "stdio" => Ok(ConsoleConfig::Stdio),
-            _ => match s.strip_prefix("file:") {
-                Some("") => Err("console file path is empty (use file:PATH)".into()),
-                Some(path) => Ok(ConsoleConfig::File(path.into())),
-                None => Err(format!("unknown console '{s}' (use stdio or file:PATH)")),
-            },
+        if s == "stdio" {
+            return Ok(ConsoleConfig::Stdio);
         }
+        let (kind, path) = s.split_once(':').unwrap_or((s, ""));
+        let make: fn(PathBuf) -> ConsoleConfig = match kind {
+            "file" => ConsoleConfig::File,
+            "socket" => ConsoleConfig::Socket,
+            _ => {
+                return Err(format!(
+                    "unknown console '{s}' (use stdio, file:PATH or socket:PATH)"
+                ))
+            }
+        };
+        if path.is_empty() {
+            return Err(format!("console {kind} path is empty (use {kind}:PATH)"));
+        }
+        Ok(make(path.into()))
     }
 }
 
-/// Everything needed to build and run one VM.
+/// Everything needed to build and run one VM: what `vireo run` flags and the daemon's
+/// domain model turn into, and what `vireo-vmm --config FILE.json` reads.
+///
+/// In JSON every field but `kernel` may be left out and takes the same default as the
+/// flag; fields added later get defaults too, so older files keep working. Unknown fields
+/// are refused (a misspelt field must not be silently ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmConfig {
     pub kernel: PathBuf,
+    #[serde(default)]
     pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
     pub cmdline: String,
     /// Guest RAM in bytes.
+    #[serde(default = "default_memory")]
     pub memory: u64,
+    #[serde(default = "default_cpus")]
     pub cpus: u32,
+    #[serde(default)]
     pub console: ConsoleConfig,
+    /// Every byte of serial output is also appended to this file (whatever `console` is).
+    #[serde(default)]
+    pub console_log: Option<PathBuf>,
+    #[serde(default)]
     pub cpu_template: CpuTemplate,
     /// Whether a guest reset ends the VMM (status 0) instead of restarting the guest.
+    #[serde(default)]
     pub no_reboot: bool,
+}
+
+/// Guest RAM when none is given (`--memory` default).
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY
+}
+fn default_cpus() -> u32 {
+    1
+}
+
+/// How this VMM process is driven, as opposed to what VM it runs ([`VmConfig`]): these
+/// never change the guest, only who can control it and how its end is reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmmOptions {
+    /// The control socket (`--api-socket`, see docs/vmm-api.md).
+    pub api_socket: Option<PathBuf>,
+    /// Written atomically just before the VMM exits (`--exit-file`).
+    pub exit_file: Option<PathBuf>,
+    /// Build the VM but keep its vCPUs parked until `resume` (`--start-paused`).
+    pub start_paused: bool,
+}
+
+impl VmConfig {
+    /// Reads a configuration written as JSON (the daemon's `--config FILE.json`). Every
+    /// problem — unreadable file, bad JSON, unknown or mistyped field — is one message
+    /// naming the file and, for JSON, the line and column.
+    pub fn from_json_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        use std::io::Read;
+        let err = |why: String| ConfigError::File {
+            path: path.to_path_buf(),
+            why,
+        };
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let mut text = Vec::new();
+        file.take(MAX_CONFIG_FILE + 1)
+            .read_to_end(&mut text)
+            .map_err(|e| err(e.to_string()))?;
+        if text.len() as u64 > MAX_CONFIG_FILE {
+            return Err(err(format!(
+                "larger than {} (not a VM configuration?)",
+                format_size(MAX_CONFIG_FILE)
+            )));
+        }
+        Self::from_json(&text).map_err(err)
+    }
+
+    /// Parses a JSON configuration; the error says what and where.
+    pub fn from_json(text: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => format!("invalid configuration: {e}"),
+            serde_json::error::Category::Eof => format!("truncated JSON: {e}"),
+            _ => format!("malformed JSON: {e}"),
+        })
+    }
 }
 
 /// Parses a memory size: a number with an optional binary suffix K, M, G or T (optionally
@@ -106,6 +200,8 @@ pub fn format_size(bytes: u64) -> String {
 /// A configuration problem, reported as one line naming the flag.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error("--config {}: {why}", path.display())]
+    File { path: PathBuf, why: String },
     #[error("--memory must be at least {} (got {})", format_size(MIN_MEMORY), format_size(*.0))]
     MemoryTooSmall(u64),
     #[error("--memory {} is more than this host's {} of RAM", format_size(*.requested), format_size(*.host))]
@@ -169,6 +265,7 @@ mod tests {
             memory: 512 << 20,
             cpus: 2,
             console: ConsoleConfig::Stdio,
+            console_log: None,
             cpu_template: CpuTemplate::Host,
             no_reboot: false,
         }
@@ -198,7 +295,15 @@ mod tests {
             "file:/tmp/x".parse(),
             Ok(ConsoleConfig::File("/tmp/x".into()))
         );
+        assert_eq!(
+            "socket:/run/c.sock".parse(),
+            Ok(ConsoleConfig::Socket("/run/c.sock".into()))
+        );
         assert!("file:".parse::<ConsoleConfig>().is_err());
+        assert_eq!(
+            "socket:".parse::<ConsoleConfig>().unwrap_err(),
+            "console socket path is empty (use socket:PATH)"
+        );
         assert!("pty"
             .parse::<ConsoleConfig>()
             .unwrap_err()
@@ -256,5 +361,80 @@ mod tests {
         let json = serde_json::to_string(&config()).unwrap();
         let back: VmConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, config());
+        let c = VmConfig {
+            console: ConsoleConfig::Socket("/run/x.sock".into()),
+            console_log: Some("/var/log/x.log".into()),
+            ..config()
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.contains(r#""console":{"socket":"/run/x.sock"}"#),
+            "{json}"
+        );
+        assert_eq!(VmConfig::from_json(json.as_bytes()), Ok(c));
+    }
+
+    #[test]
+    fn json_defaults_match_the_flags_and_old_files_still_load() {
+        let c = VmConfig::from_json(br#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(
+            c,
+            VmConfig {
+                cpus: 1,
+                ..config()
+            }
+        );
+        // A configuration written before console_log existed.
+        let old = br#"{"kernel":"/k","initrd":null,"cmdline":"console=ttyS0","memory":536870912,
+            "cpus":2,"console":"stdio","cpu_template":"host","no_reboot":false}"#;
+        assert_eq!(VmConfig::from_json(old), Ok(config()));
+    }
+
+    #[test]
+    fn bad_json_is_one_clear_error() {
+        let e = VmConfig::from_json(br#"{"kernel": "/k", "memroy": 5}"#).unwrap_err();
+        assert!(
+            e.starts_with("invalid configuration: unknown field `memroy`"),
+            "{e}"
+        );
+        assert!(e.contains("line 1 column"), "{e}");
+        let e = VmConfig::from_json(br#"{"cpus": 2}"#).unwrap_err();
+        assert!(e.contains("missing field `kernel`"), "{e}");
+        let e = VmConfig::from_json(br#"{"kernel": "/k", "cpus": "two"}"#).unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
+        let e = VmConfig::from_json(b"{\"kernel\": ").unwrap_err();
+        assert!(e.starts_with("truncated JSON"), "{e}");
+        let e = VmConfig::from_json(b"kernel=/k").unwrap_err();
+        assert!(e.starts_with("malformed JSON"), "{e}");
+        let e = VmConfig::from_json(br#"{"kernel":"/k","console":{"pty":"x"}}"#).unwrap_err();
+        assert!(e.contains("unknown variant `pty`"), "{e}");
+    }
+
+    #[test]
+    fn config_file_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("vireo-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.json");
+        let e = VmConfig::from_json_file(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("--config {}: ", missing.display())),
+            "{e}"
+        );
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, "{\"kernel\": \"/k\",\n \"bogus\": 1}").unwrap();
+        let e = VmConfig::from_json_file(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.json: invalid configuration: unknown field `bogus`"),
+            "{e}"
+        );
+        assert!(e.contains("line 2"), "{e}");
+        let big = dir.join("big.json");
+        std::fs::write(&big, vec![b' '; (MAX_CONFIG_FILE + 1) as usize]).unwrap();
+        let e = VmConfig::from_json_file(&big).unwrap_err().to_string();
+        assert!(e.contains("larger than 1 MiB"), "{e}");
+        let good = dir.join("good.json");
+        std::fs::write(&good, serde_json::to_vec(&config()).unwrap()).unwrap();
+        assert_eq!(VmConfig::from_json_file(&good), Ok(config()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

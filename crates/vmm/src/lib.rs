@@ -1,28 +1,35 @@
 //! The vireo virtual machine monitor: one VM per process.
 //!
-//! Data flows one way: [`VmConfig`] (from `vireo run` flags or, later, the daemon's domain
-//! model) → [`vm_builder`] (memory, KVM VM, boot, devices, vCPUs) → vCPU threads
-//! ([`vcpu_thread`]) and the event loop here, which ends the VM on poweroff, reset,
-//! a guest failure or a stop signal, and rebuilds it on reset.
+//! Data flows one way: [`VmConfig`] (from `vireo run` flags, a `--config` file written by
+//! the daemon from its domain model) → [`vm_builder`] (memory, KVM VM, boot, devices,
+//! vCPUs) → vCPU threads ([`vcpu_thread`]) and the event loop ([`controller`]), which ends
+//! the VM on poweroff, reset, a guest failure, a stop signal or the `quit` command, and
+//! rebuilds it on reset. The control API ([`api`], docs/vmm-api.md) is how the daemon
+//! drives a running VMM.
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod console;
+pub mod controller;
+pub mod exit_file;
 pub mod signals;
 pub mod vcpu_thread;
 pub mod vm_builder;
 
-use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::time::Instant;
 
+use api::{Event, ShutdownReason};
+use controller::{Controller, Wake};
+use exit_file::ExitReport;
 use vireo_boot::loader;
 use vireo_devices::PowerRequest;
 use vireo_hypervisor::memory::host_memory_bytes;
 use vireo_hypervisor::vm::{max_vcpus, open_kvm};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-pub use config::{ConsoleConfig, VmConfig};
+pub use config::{ConsoleConfig, VmConfig, VmmOptions};
 pub use vcpu_thread::GuestFailure;
 
 /// Everything that can stop a VM from starting or running.
@@ -41,6 +48,8 @@ pub enum VmmError {
     #[error("cannot open the console: {0}")]
     Console(#[source] std::io::Error),
     #[error("{0}")]
+    Socket(String),
+    #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("the guest failed on {0}")]
     Guest(GuestFailure),
@@ -51,37 +60,92 @@ pub enum VmmError {
 pub enum Outcome {
     /// The guest powered off (ACPI S5).
     Poweroff,
-    /// The guest reset and `no_reboot` was set.
+    /// The guest reset (or `system_reset` was asked for) and `no_reboot` was set.
     Reset,
-    /// A stop signal (SIGINT, SIGTERM, SIGHUP) ended the VM.
+    /// The `quit` command.
+    Quit,
+    /// A stop signal (SIGINT, SIGTERM; SIGHUP without an API socket) ended the VM.
     Signal(libc::c_int),
 }
 
 impl Outcome {
-    /// The process exit status for this outcome: 0 for a guest-initiated end, 128 + signal
-    /// number for a stop signal, as shells report it.
+    /// The process exit status for this outcome: 0 for a guest-initiated end or `quit`,
+    /// 128 + signal number for a stop signal, as shells report it.
     pub fn exit_code(self) -> u8 {
         match self {
-            Outcome::Poweroff | Outcome::Reset => 0,
+            Outcome::Poweroff | Outcome::Reset | Outcome::Quit => 0,
             Outcome::Signal(s) => 128u8.saturating_add(s as u8),
         }
     }
 }
 
-/// What woke the event loop up for good.
-enum Event {
-    Power(PowerRequest),
-    Failure(GuestFailure),
-    Signal(libc::c_int),
+/// Why a run ended, as the SHUTDOWN event and the exit file report it.
+pub fn exit_report(result: &Result<Outcome, VmmError>) -> ExitReport {
+    let (reason, detail) = match result {
+        Ok(Outcome::Poweroff) => (ShutdownReason::Poweroff, "the guest powered off".into()),
+        Ok(Outcome::Reset) => (
+            ShutdownReason::Reset,
+            "the VM was reset and no_reboot is set".into(),
+        ),
+        Ok(Outcome::Quit) => (ShutdownReason::Quit, "quit command".into()),
+        Ok(Outcome::Signal(sig)) => (
+            ShutdownReason::Signal,
+            signals::signal_name(*sig).to_string(),
+        ),
+        Err(VmmError::Guest(f)) => (ShutdownReason::GuestFailure, f.to_string()),
+        Err(e) => (ShutdownReason::Error, e.to_string()),
+    };
+    let status = match result {
+        Ok(o) => i32::from(o.exit_code()),
+        Err(_) => 1,
+    };
+    ExitReport::new(status, reason, detail)
 }
-
-const TOKEN_POWER: u64 = 1;
-const TOKEN_FAILURE: u64 = 2;
-const TOKEN_SIGNAL: u64 = 3;
-const TOKEN_STDIN: u64 = 4;
 
 /// Checks the configuration, builds the VM and runs it until it ends.
 pub fn run(config: &VmConfig) -> Result<Outcome, VmmError> {
+    run_with(config, &VmmOptions::default())
+}
+
+/// [`run`] with the process options: the control socket, the exit file (written before
+/// the final SHUTDOWN event is sent, so a client that sees the socket close finds it) and
+/// `start_paused`.
+pub fn run_with(config: &VmConfig, options: &VmmOptions) -> Result<Outcome, VmmError> {
+    let mut controller = None;
+    let result = boot_loop(config, options, &mut controller);
+    let report = exit_report(&result);
+    write_exit_file(options, &report);
+    if let Some(ctl) = controller {
+        let reason = match &result {
+            Ok(Outcome::Poweroff) => ShutdownReason::Poweroff,
+            Ok(Outcome::Reset) => ShutdownReason::Reset,
+            Ok(Outcome::Quit) => ShutdownReason::Quit,
+            Ok(Outcome::Signal(_)) => ShutdownReason::Signal,
+            Err(VmmError::Guest(_)) => ShutdownReason::GuestFailure,
+            Err(_) => ShutdownReason::Error,
+        };
+        ctl.finish(Event::Shutdown {
+            reason,
+            detail: report.detail,
+            status: report.status,
+        });
+    }
+    result
+}
+
+fn write_exit_file(options: &VmmOptions, report: &ExitReport) {
+    if let Some(path) = &options.exit_file {
+        if let Err(e) = report.write(path) {
+            log::error!("--exit-file {}: {e}", path.display());
+        }
+    }
+}
+
+fn boot_loop(
+    config: &VmConfig,
+    options: &VmmOptions,
+    slot: &mut Option<Controller>,
+) -> Result<Outcome, VmmError> {
     let start = Instant::now();
     // Everything that can be checked without KVM is checked first, so bad flags are
     // reported the same way on any machine.
@@ -97,153 +161,88 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmmError> {
         max_vcpus(&kvm).try_into().unwrap_or(u32::MAX),
     )?;
 
+    // See signals.rs for why these signals and not others.
+    signals::ignore(libc::SIGPIPE)?;
+    let stop_set: &[libc::c_int] = if options.api_socket.is_some() {
+        signals::ignore(libc::SIGHUP)?;
+        &signals::API_STOP_SIGNALS
+    } else {
+        &signals::STOP_SIGNALS
+    };
     signals::install_vcpu_kick_handler()?;
     // Block stop signals before any vCPU thread exists so that only the signalfd sees them.
-    let stop_signals = signals::stop_signalfd()?;
-    let platform = vm_builder::Platform::new(config, start)?;
-    let stdin_console = config.console == ConsoleConfig::Stdio;
-    let _terminal = console::TerminalGuard::new(stdin_console);
-    let mut boots = 0u32;
+    let stop_signals = signals::stop_signalfd(stop_set)?;
+    let ctl = slot.insert(Controller::new(config, options, stop_signals)?);
+    let platform = vm_builder::Platform::new(config, start, ctl.console_hub())?;
+    ctl.watch_platform(&platform)?;
+    let _terminal = console::TerminalGuard::new(config.console == ConsoleConfig::Stdio);
     loop {
-        boots += 1;
+        ctl.begin_boot(&platform);
         let build_start = Instant::now();
-        let mut vm = vm_builder::build(&kvm, config, &kernel, &platform)?;
+        let mut vm = vm_builder::build(&kvm, config, &kernel, &platform, ctl.paused())?;
         log::debug!(
-            "boot {boots}: VM built in {:?} ({:?} since vireo started)",
+            "VM built in {:?} ({:?} since vireo started)",
             build_start.elapsed(),
             start.elapsed()
         );
-        let event = event_loop(&vm, &platform, &stop_signals, stdin_console);
-        stop_vcpus(&mut vm);
+        let wake = ctl.run_boot(&vm, &platform);
+        vm.shared.control.stop(&mut vm.threads);
         drop(vm);
-        match event? {
-            Event::Power(PowerRequest::Reset) if !config.no_reboot => {
-                log::info!("guest reset; restarting the VM");
+        match wake? {
+            Wake::Power(PowerRequest::Reset) if !config.no_reboot => {
+                log::info!("VM reset; restarting it");
                 platform.power.clear();
+                let guest = !ctl.take_api_reset();
+                ctl.emit(Event::Reset { guest });
             }
-            Event::Power(PowerRequest::Reset) => return Ok(Outcome::Reset),
-            Event::Power(PowerRequest::Poweroff) => return Ok(Outcome::Poweroff),
-            Event::Signal(sig) => return Ok(Outcome::Signal(sig)),
-            Event::Failure(f) => return Err(VmmError::Guest(f)),
+            Wake::Power(PowerRequest::Reset) => return Ok(Outcome::Reset),
+            Wake::Power(PowerRequest::Poweroff) => return Ok(Outcome::Poweroff),
+            Wake::Signal(sig) => return Ok(Outcome::Signal(sig)),
+            Wake::Quit => return Ok(Outcome::Quit),
+            Wake::Failure(f) => return Err(VmmError::Guest(f)),
         }
     }
 }
 
-fn event_loop(
-    vm: &vm_builder::RunningVm,
-    platform: &vm_builder::Platform,
-    stop_signals: &signals::StopSignals,
-    stdin_console: bool,
-) -> Result<Event, VmmError> {
-    let epoll = Epoll::new()?;
-    let add = |fd: i32, token: u64| {
-        epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, token),
-        )
+/// Writes a line to stderr; a closed stderr (the launching daemon died) is ignored, since
+/// nothing may stop the VM because it cannot report.
+pub fn report_line(msg: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// The entry point of `vireo-vmm` and `vireo run`: resolves the flags (or `--config`),
+/// runs the VM and turns the result into a process exit status, reporting errors in one
+/// line on stderr (a guest failure adds its register dump) and in the exit file.
+pub fn run_from_args(args: &cli::RunArgs) -> std::process::ExitCode {
+    let options = args.options();
+    let result = match args.vm_config() {
+        Ok(config) => run_with(&config, &options),
+        Err(e) => {
+            let result = Err(VmmError::Config(e));
+            write_exit_file(&options, &exit_report(&result));
+            result
+        }
     };
-    add(platform.power.eventfd().as_raw_fd(), TOKEN_POWER)?;
-    add(vm.shared.failed.as_raw_fd(), TOKEN_FAILURE)?;
-    add(stop_signals.as_raw_fd(), TOKEN_SIGNAL)?;
-    // A regular file or /dev/null on stdin is refused by epoll: then there is no console
-    // input, which is fine.
-    if stdin_console {
-        let _ = add(0, TOKEN_STDIN);
-    }
-    // Console input the UART's FIFO had no room for yet.
-    let mut pending: Vec<u8> = Vec::new();
-    let mut events = vec![EpollEvent::default(); 8];
-    loop {
-        if let Some(req) = platform.power.pending() {
-            return Ok(Event::Power(req));
-        }
-        if let Some(f) = vm
-            .shared
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            return Ok(Event::Failure(f));
-        }
-        let timeout = if pending.is_empty() { -1 } else { 10 };
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_SIGNAL => {
-                    if let Some(sig) = stop_signals.read() {
-                        return Ok(Event::Signal(sig));
-                    }
-                }
-                TOKEN_STDIN if pending.is_empty() => {
-                    let mut buf = [0u8; 256];
-                    match console::read_stdin(&mut buf) {
-                        Ok(0) | Err(_) => {
-                            // EOF: the guest keeps running without console input.
-                            let _ = epoll.ctl(ControlOperation::Delete, 0, EpollEvent::default());
-                        }
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                }
-                _ => {} // power/failure: checked at the top of the loop
-            }
-        }
-        if !pending.is_empty() {
-            let taken = vm
-                .serial
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .enqueue_input(&pending);
-            pending.drain(..taken);
-        }
-    }
+    report_and_exit(result)
 }
 
-/// Stops every vCPU thread: sets the stop flag and kicks each thread out of KVM_RUN until
-/// it has left its loop, then joins it.
-fn stop_vcpus(vm: &mut vm_builder::RunningVm) {
-    use std::os::unix::thread::JoinHandleExt;
-    vm.shared.stop.store(true, Ordering::Release);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while vm.threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-        for t in vm.threads.iter().filter(|t| !t.is_finished()) {
-            // SAFETY: the thread handle is alive (not joined); the kick signal has a handler
-            // installed in every thread.
-            unsafe { libc::pthread_kill(t.as_pthread_t(), signals::vcpu_kick_signal()) };
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    for t in vm.threads.drain(..) {
-        if t.is_finished() {
-            let _ = t.join();
-        } else {
-            // Signals always interrupt KVM_RUN, so this means a thread is stuck elsewhere.
-            log::warn!("a vCPU thread did not stop within 5 s; abandoning it");
-        }
-    }
-}
-
-/// Runs the VM and turns the result into a process exit status, reporting errors in one
-/// line on stderr (a guest failure adds its register dump).
-pub fn run_and_report(config: &VmConfig) -> std::process::ExitCode {
-    match run(config) {
+/// Reports how the run ended and returns the matching exit status.
+pub fn report_and_exit(result: Result<Outcome, VmmError>) -> std::process::ExitCode {
+    match result {
         Ok(outcome) => {
             match outcome {
-                Outcome::Signal(sig) => {
-                    eprintln!("vireo: {} received; VM stopped", signals::signal_name(sig))
-                }
+                Outcome::Signal(sig) => report_line(format_args!(
+                    "vireo: {} received; VM stopped",
+                    signals::signal_name(sig)
+                )),
                 Outcome::Reset => log::info!("guest reset; exiting (--no-reboot)"),
                 Outcome::Poweroff => log::info!("guest powered off"),
+                Outcome::Quit => log::info!("quit command; VM stopped"),
             }
             std::process::ExitCode::from(outcome.exit_code())
         }
         Err(e) => {
-            eprintln!("vireo: error: {e}");
+            report_line(format_args!("vireo: error: {e}"));
             std::process::ExitCode::FAILURE
         }
     }
@@ -260,11 +259,12 @@ pub mod logging {
         }
         fn log(&self, record: &log::Record) {
             if self.enabled(record.metadata()) {
-                eprintln!(
+                // Not eprintln!: it panics when stderr is gone (see report_line).
+                super::report_line(format_args!(
                     "vireo: {}: {}",
                     record.level().as_str().to_lowercase(),
                     record.args()
-                );
+                ));
             }
         }
         fn flush(&self) {}

@@ -19,5 +19,5 @@ struct Args {
 fn main() -> ExitCode {
     vireo_vmm::logging::init();
     let args = Args::parse();
-    vireo_vmm::run_and_report(&args.run.into_config())
+    vireo_vmm::run_from_args(&args.run)
 }

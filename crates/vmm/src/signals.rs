@@ -1,36 +1,81 @@
-//! Process signals: SIGINT/SIGTERM/SIGHUP arrive on a signalfd read by the event loop, and a
+//! Process signals: stop signals arrive on a signalfd read by the event loop, and a
 //! real-time signal kicks vCPU threads out of KVM_RUN.
+//!
+//! Which signals stop the VM depends on who controls it. Run from a terminal (`vireo run`),
+//! SIGINT, SIGTERM and SIGHUP do, as for any foreground program. With a control socket
+//! (`--api-socket`, how vireod runs VMMs) SIGHUP is ignored: the VM must outlive the
+//! session or terminal of whoever launched it, and it is stopped through the socket (or
+//! SIGTERM/SIGINT). SIGPIPE is always ignored: a console or control client that goes away
+//! is an EPIPE on one connection, never the end of the VM.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use kvm_bindings::kvm_run;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-/// Signals that stop the VM.
+/// Signals that stop the VM when it runs without a control socket.
 pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Signals that stop a VM controlled through its API socket.
+pub const API_STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
 /// The signal used to interrupt a vCPU's KVM_RUN.
 pub fn vcpu_kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
-extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+thread_local! {
+    /// This vCPU thread's `kvm_run` page, or null on other threads and while it is not
+    /// mapped. Read by the kick handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
 
-/// Installs the (empty) kick handler: its only job is to make KVM_RUN return EINTR.
+/// Tells the kick handler where this thread's `kvm_run` page is (null: none). A vCPU
+/// thread sets it before its first KVM_RUN and clears it before the vCPU is dropped.
+pub fn set_thread_kvm_run(run: *mut kvm_run) {
+    KVM_RUN.with(|p| p.set(run));
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Setting immediate_exit closes the window between the thread checking its stop/pause
+    // flags and entering KVM_RUN: a kick that lands there makes the next KVM_RUN return
+    // EINTR at once instead of running the guest until its next exit. `try_with` cannot
+    // fail for a const-initialised Cell without destructor, and does not panic if it did.
+    let _ = KVM_RUN.try_with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: a non-null pointer is this thread's mapped kvm_run page (see
+            // set_thread_kvm_run); a volatile byte store is async-signal-safe.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// Installs the kick handler: it makes KVM_RUN return EINTR (see `kick_handler`).
 pub fn install_vcpu_kick_handler() -> io::Result<()> {
-    register_signal_handler(vcpu_kick_signal(), noop_handler)
+    register_signal_handler(vcpu_kick_signal(), kick_handler)
         .map_err(|e| io::Error::other(format!("installing the vCPU kick handler: {e}")))
 }
 
-/// Blocks the stop signals in the calling thread (and so in every thread it spawns later)
-/// and returns a signalfd that receives them.
-pub fn stop_signalfd() -> io::Result<StopSignals> {
+/// Ignores `sig` in the whole process.
+pub fn ignore(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: SIG_IGN is a valid disposition for the catchable signals passed here.
+    if unsafe { libc::signal(sig, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Blocks `signals` in the calling thread (and so in every thread it spawns later) and
+/// returns a signalfd that receives them.
+pub fn stop_signalfd(signals: &[libc::c_int]) -> io::Result<StopSignals> {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
     unsafe {
         libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
+        for &s in signals {
             libc::sigaddset(&mut set, s);
         }
     }

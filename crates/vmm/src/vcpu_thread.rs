@@ -1,9 +1,20 @@
 //! The run loop of one vCPU thread: KVM_RUN, dispatch of I/O and MMIO exits to the buses,
-//! and reporting of everything that ends the VM.
+//! and reporting of everything that ends the VM; and how the VMM pauses, resumes and stops
+//! those threads ([`VcpuControl`]).
+//!
+//! Pausing really stops the guest: the VMM sets the request, kicks every thread out of
+//! KVM_RUN with the real-time signal (whose handler sets `immediate_exit`), and waits until
+//! each thread has *parked* on a condition variable. Before parking, a thread that last
+//! left KVM_RUN for port or MMIO I/O enters KVM_RUN once more with `immediate_exit` set, so
+//! that KVM completes that instruction without running the guest: a paused vCPU's
+//! registers are then consistent, which is what saving its state (snapshots, migration)
+//! needs.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::VcpuExit;
@@ -25,13 +36,189 @@ impl std::fmt::Display for GuestFailure {
     }
 }
 
+/// What the VMM asks of the vCPU threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunRequest {
+    Run = 0,
+    Pause = 1,
+    Stop = 2,
+}
+
+/// Where one vCPU thread is, as seen by the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuState {
+    Running,
+    /// Parked: out of KVM_RUN, its last instruction completed.
+    Paused,
+    /// Left its loop (stopped, or the guest powered off, reset or failed).
+    Exited,
+}
+
+impl VcpuState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VcpuState::Running => "running",
+            VcpuState::Paused => "paused",
+            VcpuState::Exited => "exited",
+        }
+    }
+}
+
+/// How the VMM runs, pauses and stops the vCPU threads of one VM.
+pub struct VcpuControl {
+    /// The current [`RunRequest`]; read by the vCPU loops without locking.
+    request: AtomicU8,
+    states: Mutex<Vec<VcpuState>>,
+    changed: Condvar,
+}
+
+impl VcpuControl {
+    /// Control for `vcpus` threads that start running, or parked if `paused`.
+    pub fn new(vcpus: usize, paused: bool) -> Self {
+        let request = if paused {
+            RunRequest::Pause
+        } else {
+            RunRequest::Run
+        };
+        Self {
+            request: AtomicU8::new(request as u8),
+            states: Mutex::new(vec![VcpuState::Running; vcpus]),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn request(&self) -> RunRequest {
+        match self.request.load(Ordering::Acquire) {
+            0 => RunRequest::Run,
+            1 => RunRequest::Pause,
+            _ => RunRequest::Stop,
+        }
+    }
+
+    fn states(&self) -> std::sync::MutexGuard<'_, Vec<VcpuState>> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state of every vCPU thread, by index.
+    pub fn vcpu_states(&self) -> Vec<VcpuState> {
+        self.states().clone()
+    }
+
+    fn set(&self, req: RunRequest) {
+        // Stored under the lock so that a thread about to wait cannot miss the change.
+        let _states = self.states();
+        self.request.store(req as u8, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// Called by vCPU thread `index`: parks it until the request is no longer `Pause`.
+    fn park(&self, index: usize) {
+        let mut states = self.states();
+        states[index] = VcpuState::Paused;
+        self.changed.notify_all();
+        while self.request() == RunRequest::Pause {
+            states = self.changed.wait(states).unwrap_or_else(|e| e.into_inner());
+        }
+        states[index] = VcpuState::Running;
+    }
+
+    /// Called by vCPU thread `index` when it leaves its loop for good.
+    fn exited(&self, index: usize) {
+        let mut states = self.states();
+        states[index] = VcpuState::Exited;
+        self.changed.notify_all();
+    }
+
+    /// Pauses every vCPU and waits until each has parked (or exited). Threads that are
+    /// still running are kicked out of KVM_RUN, again every few milliseconds in case a
+    /// kick raced with the thread entering it. Fails after `timeout`, leaving the request
+    /// at `Pause`.
+    pub fn pause(&self, threads: &[JoinHandle<()>], timeout: Duration) -> Result<(), String> {
+        self.set(RunRequest::Pause);
+        let deadline = Instant::now() + timeout;
+        let mut states = self.states();
+        loop {
+            let running: Vec<usize> = (0..states.len())
+                .filter(|&i| states[i] == VcpuState::Running)
+                .collect();
+            if running.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "vCPU {} did not stop within {timeout:?}",
+                    running[0]
+                ));
+            }
+            for &i in &running {
+                if let Some(t) = threads.get(i).filter(|t| !t.is_finished()) {
+                    kick(t);
+                }
+            }
+            let wait = (deadline - now).min(Duration::from_millis(5));
+            states = self
+                .changed
+                .wait_timeout(states, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        self.set(RunRequest::Run);
+    }
+
+    /// Stops every vCPU thread (parked ones too) and joins them: kicks each out of KVM_RUN
+    /// until it has left its loop. A thread still running after 5 s is abandoned with a
+    /// warning (signals always interrupt KVM_RUN, so it would be stuck elsewhere).
+    pub fn stop(&self, threads: &mut Vec<JoinHandle<()>>) {
+        self.set(RunRequest::Stop);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            for t in threads.iter().filter(|t| !t.is_finished()) {
+                kick(t);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for t in threads.drain(..) {
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                log::warn!("a vCPU thread did not stop within 5 s; abandoning it");
+            }
+        }
+    }
+}
+
+/// Sends the kick signal to a vCPU thread that has not been joined.
+fn kick(thread: &JoinHandle<()>) {
+    // SAFETY: the thread handle is alive (not joined, so its pthread_t is valid); the kick
+    // signal has a handler installed in every thread.
+    unsafe { libc::pthread_kill(thread.as_pthread_t(), crate::signals::vcpu_kick_signal()) };
+}
+
+/// Counters of one vCPU since the VM was (re)built.
+#[derive(Debug, Default)]
+pub struct VcpuStats {
+    /// Returns from KVM_RUN, whatever the reason (including kicks).
+    pub exits: AtomicU64,
+    /// Port I/O exits handled by the VMM.
+    pub io_exits: AtomicU64,
+    /// MMIO exits handled by the VMM.
+    pub mmio_exits: AtomicU64,
+}
+
 /// What vCPU threads share with the VMM.
 pub struct VcpuShared {
     pub io_bus: Bus,
     pub mmio_bus: Bus,
     pub power: Arc<PowerEvents>,
-    /// Set by the VMM to make every vCPU leave its loop.
-    pub stop: AtomicBool,
+    /// Run / pause / stop.
+    pub control: VcpuControl,
+    /// Per-vCPU counters, by index.
+    pub stats: Vec<VcpuStats>,
     /// The first failure any vCPU hit; `failed` wakes the VMM.
     pub failure: Mutex<Option<GuestFailure>>,
     pub failed: EventFd,
@@ -58,7 +245,18 @@ pub fn spawn(mut vcpu: Vcpu, shared: Arc<VcpuShared>) -> std::io::Result<JoinHan
 }
 
 fn run(vcpu: &mut Vcpu, shared: &VcpuShared) {
+    /// Marks the thread exited however it leaves (a panic included).
+    struct Exited<'a>(&'a VcpuControl, usize);
+    impl Drop for Exited<'_> {
+        fn drop(&mut self) {
+            self.0.exited(self.1);
+        }
+    }
+    let _exited = Exited(&shared.control, vcpu.index() as usize);
+    crate::signals::set_thread_kvm_run(vcpu.fd().get_kvm_run());
     run_loop(vcpu, shared);
+    // The kvm_run page goes away with the vCPU: no kick may write to it after this.
+    crate::signals::set_thread_kvm_run(std::ptr::null_mut());
     // Where each vCPU was when the VM stopped: the first thing to look at when a guest hangs.
     if log::log_enabled!(log::Level::Debug) {
         log::debug!(
@@ -70,26 +268,53 @@ fn run(vcpu: &mut Vcpu, shared: &VcpuShared) {
 }
 
 fn run_loop(vcpu: &mut Vcpu, shared: &VcpuShared) {
-    while !shared.stop.load(Ordering::Acquire) {
+    let index = vcpu.index() as usize;
+    let stats = &shared.stats[index];
+    // Whether the last exit was an I/O access that KVM completes on the next KVM_RUN.
+    let mut io_pending = false;
+    loop {
+        match shared.control.request() {
+            RunRequest::Stop => return,
+            // Complete the access first (KVM does, then returns EINTR without running the
+            // guest), so that a parked vCPU's state is consistent.
+            RunRequest::Pause if io_pending => vcpu.fd().set_kvm_immediate_exit(1),
+            RunRequest::Pause => {
+                shared.control.park(index);
+                continue;
+            }
+            RunRequest::Run => {}
+        }
         let exit = vcpu.fd().run();
+        stats.exits.fetch_add(1, Ordering::Relaxed);
+        io_pending = matches!(
+            exit,
+            Ok(VcpuExit::IoOut(..)
+                | VcpuExit::IoIn(..)
+                | VcpuExit::MmioRead(..)
+                | VcpuExit::MmioWrite(..))
+        );
         let reason = match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
+                stats.io_exits.fetch_add(1, Ordering::Relaxed);
                 if !shared.io_bus.write(u64::from(port), data) {
                     log::trace!("unclaimed port write {port:#x} <- {data:x?}");
                 }
                 continue;
             }
             Ok(VcpuExit::IoIn(port, data)) => {
+                stats.io_exits.fetch_add(1, Ordering::Relaxed);
                 if !shared.io_bus.read(u64::from(port), data) {
                     log::trace!("unclaimed port read {port:#x}");
                 }
                 continue;
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                stats.mmio_exits.fetch_add(1, Ordering::Relaxed);
                 shared.mmio_bus.read(addr, data);
                 continue;
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                stats.mmio_exits.fetch_add(1, Ordering::Relaxed);
                 shared.mmio_bus.write(addr, data);
                 continue;
             }

@@ -1,7 +1,6 @@
 //! Builds a running VM from a [`VmConfig`]: guest memory, KVM VM, kernel and boot data,
 //! ACPI tables, platform devices and vCPUs, in that order.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -21,8 +20,8 @@ use vireo_hypervisor::memory::create_guest_memory;
 use vireo_hypervisor::{GuestMemoryMmap, Vcpu, Vm};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::console::ConsoleOutput;
-use crate::vcpu_thread::{self, VcpuShared};
+use crate::console::{ConsoleHub, ConsoleOutput};
+use crate::vcpu_thread::{self, VcpuControl, VcpuShared, VcpuStats};
 use crate::{VmConfig, VmmError};
 
 /// Devices that outlive a guest reset, as their real counterparts do: the CMOS keeps its
@@ -33,15 +32,26 @@ pub struct Platform {
     pub cmos: Arc<Mutex<Cmos>>,
     pub post_code: Arc<Mutex<PostCode>>,
     pub power: Arc<PowerEvents>,
+    /// Signalled when the guest writes the boot-complete marker to port 0x80.
+    pub boot_marker: EventFd,
 }
 
 impl Platform {
-    pub fn new(config: &VmConfig, start: Instant) -> Result<Self, VmmError> {
+    /// `hub` serves a socket console (`config.console` = socket).
+    pub fn new(
+        config: &VmConfig,
+        start: Instant,
+        hub: Option<&Arc<ConsoleHub>>,
+    ) -> Result<Self, VmmError> {
+        let boot_marker = EventFd::new(EFD_NONBLOCK).map_err(VmmError::Io)?;
+        let mut post_code = PostCode::new(start);
+        post_code.set_marker_notifier(boot_marker.try_clone().map_err(VmmError::Io)?);
         Ok(Self {
-            console: ConsoleOutput::open(&config.console).map_err(VmmError::Console)?,
+            console: ConsoleOutput::open(config, hub).map_err(VmmError::Console)?,
             cmos: Arc::new(Mutex::new(Cmos::new(config.memory))),
-            post_code: Arc::new(Mutex::new(PostCode::new(start))),
+            post_code: Arc::new(Mutex::new(post_code)),
             power: Arc::new(PowerEvents::new().map_err(VmmError::Io)?),
+            boot_marker,
         })
     }
 }
@@ -58,12 +68,14 @@ pub struct RunningVm {
     pub ged: Arc<Mutex<GedDevice>>,
 }
 
-/// Builds the VM for one boot and starts its vCPUs.
+/// Builds the VM for one boot and starts its vCPUs, running or (`paused`) parked before
+/// their first instruction.
 pub fn build(
     kvm: &Kvm,
     config: &VmConfig,
     kernel: &KernelInfo,
     platform: &Platform,
+    paused: bool,
 ) -> Result<RunningVm, VmmError> {
     let memory = create_guest_memory(config.memory)?;
     let vm = Vm::new(kvm)?;
@@ -131,7 +143,8 @@ pub fn build(
         io_bus,
         mmio_bus,
         power: platform.power.clone(),
-        stop: AtomicBool::new(false),
+        control: VcpuControl::new(vcpus.len(), paused),
+        stats: (0..vcpus.len()).map(|_| VcpuStats::default()).collect(),
         failure: Mutex::new(None),
         failed: EventFd::new(EFD_NONBLOCK).map_err(VmmError::Io)?,
     });

@@ -358,6 +358,7 @@ vtg_irq_ignore:
  *  12: open a short interrupt window (sti, spin, cli); clobbers ECX
  *  13: wrmsr (ESI = MSR index, RDX = 64-bit value)
  *  14: popcnt at CPL0 (hosts that emulate CPL0 may fail it: tests the VMM's report)
+ *  15: sleep until the next interrupt (sti; hlt), then return with IF=0
  * Port I/O and CPUID live here because a host may run guest user mode as real user mode:
  * then IOPL=3 is not honoured (in/out fault) and CPUID reports the host's CPU. `syscall`
  * rather than `int $0x80` because such hosts forward exactly the transitions a Linux
@@ -369,7 +370,7 @@ vtg_syscall:
     cmpl $0x47560b0f, (%r11)
     jne vtg_exc6                    /* a genuine #UD: report it */
     addq $4, (%rsp)
-    cmpl $15, %edi
+    cmpl $16, %edi
     jae 99f
     jmp *sys_table(,%rdi,8)
 99: iretq
@@ -419,11 +420,15 @@ vtg_syscall:
     iretq
 24: popcntq %rsi, %rax
     iretq
+25: sti                             /* sti's one-instruction shadow: no wakeup is lost */
+    hlt
+    cli
+    iretq
 
     .section .rodata
     .balign 8
 sys_table:
-    .quad 10b, 11b, 12b, 13b, 14b, 15b, 16b, 17b, 18b, 19b, 20b, 21b, 22b, 23b, 24b
+    .quad 10b, 11b, 12b, 13b, 14b, 15b, 16b, 17b, 18b, 19b, 20b, 21b, 22b, 23b, 24b, 25b
     .text
 
 /* ---------------------------------------------------------------------- */

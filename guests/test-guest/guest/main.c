@@ -84,6 +84,7 @@ static size_t slen(const char *s)
 #define SYS_IRQ_WINDOW 12
 #define SYS_WRMSR 13
 #define SYS_POPCNT 14
+#define SYS_SLEEP 15
 
 /* Port I/O and CPUID go through the CPL0 gate (see vtg_syscall in entry.S). */
 #define SYS_OUTB 5
@@ -1172,6 +1173,65 @@ static void do_reset(void)
 
 static int in_action;
 
+/* AML integer at *p (ZeroOp, OneOp, Byte/Word/DWord/QWordPrefix); 0 if it is none. */
+static int aml_integer(const u8 *p, const u8 *end, u64 *out)
+{
+    if (p >= end)
+        return 0;
+    switch (*p) {
+    case 0x00: *out = 0; return 1;
+    case 0x01: *out = 1; return 1;
+    case 0x0a: if (p + 2 > end) return 0; *out = p[1]; return 1;
+    case 0x0b: if (p + 3 > end) return 0; *out = p[1] | (u64)p[2] << 8; return 1;
+    case 0x0c: if (p + 5 > end) return 0; *out = rd32(p + 1); return 1;
+    case 0x0e: if (p + 9 > end) return 0; *out = rd64(p + 1); return 1;
+    }
+    return 0;
+}
+
+/* vireo's ACPI GED event register: the DSDT's `OperationRegion (GDST, SystemMemory,
+ * <address>, ...)` (bytes 5B 80 'GDST' 00 <integer>). 0 if there is none. */
+static u64 find_ged_register(void)
+{
+    u32 len;
+    if (!dsdt)
+        return 0;
+    len = rd32(dsdt + 4);
+    for (u32 i = 36; i + 7 < len; i++) {
+        u8 *p = dsdt + i;
+        u64 addr;
+        if (p[0] != 0x5b || p[1] != 0x80 || memcmp(p + 2, "GDST", 4) || p[6] != 0x00)
+            continue;
+        if (aml_integer(p + 7, dsdt + len, &addr))
+            return addr;
+    }
+    return 0;
+}
+
+/* Waits for the ACPI power button: polls the GED register (reading it clears the pending
+ * events, as the DSDT's _EVT does) once per ~10 ms LAPIC timer tick, sleeping in between.
+ * Returns when bit 0 (power button) is seen. Each poll is an MMIO exit to the VMM, so the
+ * VMM's exit counters show whether the guest is running. */
+static void wait_power_button(void)
+{
+    u64 reg = find_ged_register();
+    if (!reg || reg >= 0x100000000UL) {
+        pr("vtg: FAIL action: no GED register (GDST) in the DSDT\n");
+        halt_forever();
+    }
+    pr("vtg: waiting for the power button (GED at %lx)\n", reg);
+    outb(0x21, 0xff); /* only the LAPIC timer wakes us */
+    outb(0xa1, 0xff);
+    mmio_write32(lapic_base + 0x3e0, 0xb);               /* divide by 1 */
+    mmio_write32(lapic_base + 0x320, 0x30 | (1u << 17)); /* periodic, vector 0x30 */
+    mmio_write32(lapic_base + 0x380, 10000000);          /* ~10 ms at 1 GHz */
+    while (!(*(volatile u8 *)reg & 0x01))
+        sys(SYS_SLEEP);
+    mmio_write32(lapic_base + 0x320, 1u << 16);
+    mmio_write32(lapic_base + 0x380, 0);
+    pr("vtg: power button pressed\n");
+}
+
 /* Reads one line from COM1 (polling LSR data-ready; bounded to 30 s and 200 bytes) and
  * prints it back: tests console input from the VMM's host side. */
 static void echo_line(void)
@@ -1201,6 +1261,9 @@ static NORETURN void run_action(void)
     pr("vtg: action %s\n", action);
     if (streq(a, "echo")) {
         echo_line();
+        a = "poweroff";
+    } else if (streq(a, "wait-powerbutton")) {
+        wait_power_button();
         a = "poweroff";
     }
     if (streq(a, "poweroff")) {

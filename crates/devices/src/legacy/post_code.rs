@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::BusDevice;
 
@@ -35,6 +36,10 @@ pub struct PostCode {
     writes: u64,
     history: VecDeque<(u8, Duration)>,
     boot_marker: Option<Duration>,
+    /// Writes of the marker so far (every boot's, not only the first).
+    markers: u64,
+    /// Signalled on every write of the marker (the VMM's BOOT_COMPLETE event).
+    marker_evt: Option<EventFd>,
 }
 
 impl PostCode {
@@ -46,7 +51,20 @@ impl PostCode {
             writes: 0,
             history: VecDeque::with_capacity(POST_CODE_HISTORY),
             boot_marker: None,
+            markers: 0,
+            marker_evt: None,
         }
+    }
+
+    /// Signals `evt` on every write of [`BOOT_COMPLETE_MARKER`] from now on, so that the
+    /// VMM learns of each boot's completion without polling.
+    pub fn set_marker_notifier(&mut self, evt: EventFd) {
+        self.marker_evt = Some(evt);
+    }
+
+    /// Number of [`BOOT_COMPLETE_MARKER`] writes so far (a rebooted guest writes it again).
+    pub fn markers(&self) -> u64 {
+        self.markers
     }
 
     /// The last value written (0 before any write).
@@ -82,9 +100,17 @@ impl PostCode {
             self.history.pop_front();
         }
         self.history.push_back((value, t));
-        if value == BOOT_COMPLETE_MARKER && self.boot_marker.is_none() {
-            self.boot_marker = Some(t);
-            log::info!("guest boot-complete marker after {} µs", t.as_micros());
+        if value == BOOT_COMPLETE_MARKER {
+            self.markers = self.markers.saturating_add(1);
+            if let Some(evt) = &self.marker_evt {
+                if let Err(e) = evt.write(1) {
+                    log::warn!("cannot signal the boot-complete marker: {e}");
+                }
+            }
+            if self.boot_marker.is_none() {
+                self.boot_marker = Some(t);
+                log::info!("guest boot-complete marker after {} µs", t.as_micros());
+            }
         }
     }
 
@@ -155,8 +181,22 @@ mod tests {
         assert_eq!(p.boot_marker(), Some(first), "only the first marker counts");
         assert_eq!(p.last_value(), BOOT_COMPLETE_MARKER);
         assert_eq!(p.writes(), 3);
+        assert_eq!(p.markers(), 2);
         let vals: Vec<u8> = p.history().map(|(v, _)| v).collect();
         assert_eq!(vals, [0x42, 123, 123]);
+    }
+
+    #[test]
+    fn every_marker_write_signals_the_notifier() {
+        let mut p = PostCode::new(Instant::now());
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        p.set_marker_notifier(evt.try_clone().unwrap());
+        p.write(BASE, 0, &[1]);
+        assert!(evt.read().is_err(), "no signal for other codes");
+        p.write(BASE, 0, &[BOOT_COMPLETE_MARKER]);
+        p.write(BASE, 0, &[BOOT_COMPLETE_MARKER]);
+        assert_eq!(evt.read().unwrap(), 2);
+        assert_eq!(p.markers(), 2);
     }
 
     #[test]
