@@ -155,12 +155,6 @@ fn boot_loop(
     if let Some(initrd) = &config.initrd {
         loader::check_initrd(initrd)?;
     }
-    let kvm = open_kvm()?;
-    config.validate(
-        host_memory_bytes(),
-        max_vcpus(&kvm).try_into().unwrap_or(u32::MAX),
-    )?;
-
     // See signals.rs for why these signals and not others.
     signals::ignore(libc::SIGPIPE)?;
     let stop_set: &[libc::c_int] = if options.api_socket.is_some() {
@@ -172,7 +166,13 @@ fn boot_loop(
     signals::install_vcpu_kick_handler()?;
     // Block stop signals before any vCPU thread exists so that only the signalfd sees them.
     let stop_signals = signals::stop_signalfd(stop_set)?;
+    // The sockets before KVM: a bad socket path is bad input, reported on any machine.
     let ctl = slot.insert(Controller::new(config, options, stop_signals)?);
+    let kvm = open_kvm()?;
+    config.validate(
+        host_memory_bytes(),
+        max_vcpus(&kvm).try_into().unwrap_or(u32::MAX),
+    )?;
     let platform = vm_builder::Platform::new(config, start, ctl.console_hub())?;
     ctl.watch_platform(&platform)?;
     let _terminal = console::TerminalGuard::new(config.console == ConsoleConfig::Stdio);
