@@ -188,6 +188,7 @@ impl Domain {
             memory: self.memory_kib << 10,
             cpus: self.vcpus,
             console: ConsoleConfig::Stdio,
+            console_log: None,
             cpu_template: Default::default(),
             no_reboot: self.on_reboot == "destroy",
         })

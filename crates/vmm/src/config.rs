@@ -87,6 +87,24 @@ pub struct VmConfig {
     pub no_reboot: bool,
 }
 
+/// The flags' defaults, with no kernel: lets code build a configuration as
+/// `VmConfig { kernel, ..Default::default() }` and keep compiling as fields are added.
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            kernel: PathBuf::new(),
+            initrd: None,
+            cmdline: default_cmdline(),
+            memory: DEFAULT_MEMORY,
+            cpus: default_cpus(),
+            console: ConsoleConfig::default(),
+            console_log: None,
+            cpu_template: CpuTemplate::default(),
+            no_reboot: false,
+        }
+    }
+}
+
 /// Guest RAM when none is given (`--memory` default).
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 
@@ -382,6 +400,13 @@ mod tests {
             VmConfig {
                 cpus: 1,
                 ..config()
+            }
+        );
+        assert_eq!(
+            c,
+            VmConfig {
+                kernel: "/k".into(),
+                ..Default::default()
             }
         );
         // A configuration written before console_log existed.
