@@ -52,6 +52,7 @@ impl Domain {
             memory,
             cpus: self.vcpu.current,
             console,
+            console_log: None,
             cpu_template: self
                 .cpu
                 .as_ref()
