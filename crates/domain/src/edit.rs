@@ -64,6 +64,11 @@ impl Domain {
         })
     }
 
+    /// The host paths of the disks (`undefine --remove-all-storage`).
+    pub fn disk_paths(&self) -> Vec<std::path::PathBuf> {
+        self.disks().map(|d| d.source.clone()).collect()
+    }
+
     /// `domblklist` rows: one per disk.
     pub fn blk_rows(&self) -> Vec<BlkRow> {
         self.disks()

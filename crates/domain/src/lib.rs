@@ -23,11 +23,13 @@
 //! ```
 //!
 //! Which elements are kept, refused or modelled: [`classify`] and docs/domain-xml.md.
+//! `vireo install` (virt-install's options → a [`Domain`]): [`install`].
 
 pub mod classify;
 mod edit;
 mod error;
 mod ids;
+pub mod install;
 pub mod model;
 mod parse;
 pub mod units;
