@@ -52,12 +52,13 @@ impl Domain {
             memory,
             cpus: self.vcpu.current,
             console,
-            console_log: None,
             cpu_template: self
                 .cpu
                 .as_ref()
                 .map_or(CpuTemplate::Host, |c| c.mode.template()),
             no_reboot: self.on_reboot != LifecycleAction::Restart,
+            // The daemon sets what the domain does not say (console_log).
+            ..VmConfig::default()
         };
         for d in &self.devices {
             device(d, &mut cfg)?;

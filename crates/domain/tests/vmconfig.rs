@@ -30,9 +30,9 @@ fn runnable_domain_maps_every_field() {
             memory: 64 << 20,
             cpus: 2,
             console: ConsoleConfig::File("/tmp/c.log".into()),
-            console_log: None,
             cpu_template: CpuTemplate::Baseline,
             no_reboot: true,
+            ..VmConfig::default()
         }
     );
 }
