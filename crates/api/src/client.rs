@@ -145,13 +145,16 @@ impl Client {
     }
 
     fn read_message(&mut self) -> Result<Value, ClientError> {
-        if !framing::read_line(&mut self.reader, &mut self.line, MAX_MESSAGE)? {
+        // A partial line left by a timed-out read is continued, not dropped.
+        if !framing::read_line_into(&mut self.reader, &mut self.line, MAX_MESSAGE)? {
             return Err(ClientError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "vireod closed the connection",
             )));
         }
-        serde_json::from_slice(&self.line).map_err(protocol)
+        let msg = serde_json::from_slice(&self.line).map_err(protocol);
+        self.line.clear();
+        msg
     }
 }
 

@@ -11,6 +11,16 @@ pub const MAX_MESSAGE: usize = 16 << 20;
 /// or a stream ending in the middle of a line.
 pub fn read_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Result<bool> {
     buf.clear();
+    read_line_into(reader, buf, max)
+}
+
+/// As [`read_line`], but keeps what `buf` holds: a read interrupted by a timeout resumes
+/// where it stopped when called again with the same buffer.
+pub fn read_line_into<R: BufRead>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<bool> {
     loop {
         let available = match reader.fill_buf() {
             Ok(b) => b,
