@@ -1,20 +1,48 @@
-//! The domain model the daemon works with (crate vireo-domain once it lands; a stand-in
-//! until then), plus the few questions the supervisor asks of it.
+//! The questions the daemon asks of a domain definition (crate vireo-domain), in one
+//! place so that the API handlers and the supervisor stay free of model details.
 
-pub use crate::standin_domain::{Domain, Parsed};
+use std::path::PathBuf;
 
-/// `on_poweroff` is `restart`.
+use vireo_api::protocol::domain::{BlockDevice, Interface};
+use vireo_domain::{DiskType, LifecycleAction};
+pub use vireo_domain::{Domain, Parsed};
+use vireo_vmm::{ConsoleConfig, VmConfig};
+
+/// The VMM configuration with the serial console on `console` (a socket) and logged.
+pub fn vm_config(d: &Domain, console: PathBuf, log: PathBuf) -> Result<VmConfig, String> {
+    let mut config = d
+        .to_vm_config(ConsoleConfig::Socket(console))
+        .map_err(|e| e.to_string())?;
+    config.console_log = Some(log);
+    Ok(config)
+}
+
+/// `on_poweroff` is `restart` (or `rename-restart`, treated alike).
 pub fn on_poweroff_restarts(d: &Domain) -> bool {
-    d.on_poweroff == "restart"
+    restarts(d.on_poweroff)
 }
 
-/// `on_crash` is `restart` or `coredump-restart`.
+/// `on_crash` is `restart`, `rename-restart` or `coredump-restart`.
 pub fn on_crash_restarts(d: &Domain) -> bool {
-    matches!(d.on_crash.as_str(), "restart" | "coredump-restart")
+    restarts(d.on_crash)
 }
 
+fn restarts(a: LifecycleAction) -> bool {
+    matches!(
+        a,
+        LifecycleAction::Restart
+            | LifecycleAction::RenameRestart
+            | LifecycleAction::CoredumpRestart
+    )
+}
+
+/// The vCPUs the guest boots with.
 pub fn vcpus(d: &Domain) -> u32 {
-    d.vcpus
+    d.vcpu.current
+}
+
+pub fn max_vcpus(d: &Domain) -> u32 {
+    d.vcpu.max
 }
 
 pub fn max_memory_kib(d: &Domain) -> u64 {
@@ -25,32 +53,50 @@ pub fn current_memory_kib(d: &Domain) -> u64 {
     d.current_memory_kib
 }
 
-/// Host files of the domain's disks (`undefine --remove-all-storage`).
-pub fn disk_paths(d: &Domain) -> Vec<std::path::PathBuf> {
-    d.disk_paths()
+/// Host files of the domain's file-backed disks (`undefine --remove-all-storage`); block
+/// devices are never deleted.
+pub fn disk_paths(d: &Domain) -> Vec<PathBuf> {
+    d.disks()
+        .filter(|disk| disk.kind == DiskType::File)
+        .map(|disk| disk.source.clone())
+        .collect()
 }
 
-pub fn block_devices(d: &Domain) -> Vec<vireo_api::protocol::domain::BlockDevice> {
-    d.disk_paths()
+pub fn block_devices(d: &Domain) -> Vec<BlockDevice> {
+    d.blk_rows()
         .into_iter()
-        .enumerate()
-        .map(|(i, p)| vireo_api::protocol::domain::BlockDevice {
-            kind: "file".into(),
-            device: "disk".into(),
-            target: format!("vd{}", (b'a' + i as u8) as char),
-            source: Some(p.display().to_string()),
+        .map(|r| BlockDevice {
+            kind: r.kind,
+            device: r.device,
+            target: r.target,
+            source: Some(r.source),
         })
         .collect()
 }
 
-pub fn interfaces(_d: &Domain) -> Vec<vireo_api::protocol::domain::Interface> {
-    Vec::new()
+pub fn interfaces(d: &Domain) -> Vec<Interface> {
+    let opt = |s: String| (s != "-").then_some(s);
+    d.if_rows()
+        .into_iter()
+        .map(|r| Interface {
+            interface: opt(r.interface),
+            kind: r.kind,
+            source: opt(r.source),
+            model: Some(r.model),
+            mac: Some(r.mac),
+        })
+        .collect()
 }
 
-pub fn set_memory_kib(_d: &mut Domain, _kib: u64, _maximum: bool) -> Result<(), String> {
-    Err("setmem needs the domain model (crate vireo-domain), not landed yet".into())
+pub fn set_memory_kib(d: &mut Domain, kib: u64, maximum: bool) -> Result<(), String> {
+    if maximum {
+        d.set_max_memory(kib)
+    } else {
+        d.set_memory(kib)
+    }
+    .map_err(|e| e.to_string())
 }
 
-pub fn set_vcpus(_d: &mut Domain, _count: u32, _maximum: bool) -> Result<(), String> {
-    Err("setvcpus needs the domain model (crate vireo-domain), not landed yet".into())
+pub fn set_vcpus(d: &mut Domain, count: u32, maximum: bool) -> Result<(), String> {
+    d.set_vcpus(count, maximum).map_err(|e| e.to_string())
 }

@@ -11,7 +11,6 @@ mod fsutil;
 mod lock;
 mod process;
 mod server;
-mod standin_domain;
 mod state;
 mod supervisor;
 mod vmm_client;
@@ -96,8 +95,8 @@ fn find_vmm(explicit: Option<PathBuf>) -> PathBuf {
     PathBuf::from("vireo-vmm")
 }
 
-/// What the VMM binary offers: (version, has the control API).
-fn probe_vmm(vmm: &Path) -> (Option<String>, bool) {
+/// `vireo-vmm --version`, if it runs.
+fn probe_vmm(vmm: &Path) -> Option<String> {
     let run = |arg: &str| {
         Command::new(vmm)
             .arg(arg)
@@ -108,8 +107,7 @@ fn probe_vmm(vmm: &Path) -> (Option<String>, bool) {
     let version = run("--version")
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty());
-    let has_api = run("--help").is_some_and(|h| h.contains("--api-socket"));
-    (version, has_api)
+    version
 }
 
 /// The socket systemd passed (socket activation), if any.
@@ -165,16 +163,10 @@ fn run(args: Args) -> Result<(), String> {
     let _lock = lock::PidLock::acquire(&layout.pidfile()).map_err(|e| e.to_string())?;
 
     let vmm_binary = find_vmm(args.vmm);
-    let (vmm_version, vmm_has_api) = probe_vmm(&vmm_binary);
+    let vmm_version = probe_vmm(&vmm_binary);
     if vmm_version.is_none() {
         log::warn!(
             "cannot run {} --version: starting domains will fail",
-            vmm_binary.display()
-        );
-    }
-    if !vmm_has_api {
-        log::warn!(
-            "{} has no control API: only start and destroy work",
             vmm_binary.display()
         );
     }
@@ -182,7 +174,6 @@ fn run(args: Args) -> Result<(), String> {
         layout: layout.clone(),
         uri: uri.to_string(),
         vmm_binary,
-        vmm_has_api,
         vmm_version,
     }));
     daemon.load_definitions();

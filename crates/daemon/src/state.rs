@@ -29,9 +29,6 @@ pub struct Settings {
     pub uri: String,
     /// The `vireo-vmm` binary.
     pub vmm_binary: PathBuf,
-    /// Whether that VMM has the control API (`--api-socket`); without it the daemon can
-    /// only start and stop VMs (by signal).
-    pub vmm_has_api: bool,
     /// `vireo-vmm --version`.
     pub vmm_version: Option<String>,
 }
@@ -202,7 +199,8 @@ impl Daemon {
                 continue;
             }
             let autostart = self.autostart_path(&name).symlink_metadata().is_ok();
-            let entry = Entry::new(&name, &domain.uuid().to_string(), Some(domain), autostart);
+            let uuid = domain.uuid().to_string();
+            let entry = Entry::new(&name, &uuid, Some(domain), autostart);
             map.insert(name, Arc::new(entry));
         }
         log::info!("{} domain definitions loaded", map.len());

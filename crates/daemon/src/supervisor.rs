@@ -62,12 +62,6 @@ pub fn start(
             format!("domain '{}' is already running", entry.name),
         ));
     }
-    let config = domain.to_vm_config().map_err(|e| {
-        RpcError::new(
-            ErrorKind::NotSupported,
-            format!("cannot start domain '{}': {e}", entry.name),
-        )
-    })?;
     let dir = d.vm_dir(&entry.name);
     fsutil::create_dir(&dir, 0o700).map_err(|e| system_error("create", &dir, e))?;
     for stale in [
@@ -99,32 +93,28 @@ pub fn start(
     let config_file = dir.join("config.json");
     let console_log = layout.log_dir.join(format!("{}.console.log", entry.name));
     let vmm_log = layout.log_dir.join(format!("{}.log", entry.name));
-    let api = d.settings.vmm_has_api;
+    let config = domain_model::vm_config(&domain, console_socket.clone(), console_log.clone())
+        .map_err(|e| {
+            RpcError::new(
+                ErrorKind::NotSupported,
+                format!("cannot start domain '{}': {e}", entry.name),
+            )
+        })?;
+    let json = serde_json::to_vec_pretty(&config)
+        .map_err(|e| RpcError::new(ErrorKind::InternalError, format!("VMM config: {e}")))?;
+    fsutil::atomic_write(&config_file, &json)
+        .map_err(|e| system_error("write", &config_file, e))?;
 
     let mut cmd = Command::new(&d.settings.vmm_binary);
-    if api {
-        let json = serde_json::to_vec_pretty(&config)
-            .map_err(|e| RpcError::new(ErrorKind::InternalError, format!("VMM config: {e}")))?;
-        fsutil::atomic_write(&config_file, &json)
-            .map_err(|e| system_error("write", &config_file, e))?;
-        cmd.arg("--config").arg(&config_file);
-        cmd.arg("--api-socket").arg(&api_socket);
-        cmd.arg("--console")
-            .arg(format!("socket:{}", console_socket.display()));
-        cmd.arg("--console-log").arg(&console_log);
-        cmd.arg("--exit-file").arg(&exit_file);
-        if paused {
-            cmd.arg("--start-paused");
-        }
-    } else {
-        // STAND-IN until the VMM control API lands: flags only, stopped by signal.
-        if paused {
-            return Err(RpcError::new(
-                ErrorKind::NotSupported,
-                "starting paused needs the VMM control API",
-            ));
-        }
-        standin_vmm_args(&mut cmd, &config, &console_log);
+    // The console settings are in the config too; as flags they show in `ps`.
+    cmd.arg("--config").arg(&config_file);
+    cmd.arg("--api-socket").arg(&api_socket);
+    cmd.arg("--console")
+        .arg(format!("socket:{}", console_socket.display()));
+    cmd.arg("--console-log").arg(&console_log);
+    cmd.arg("--exit-file").arg(&exit_file);
+    if paused {
+        cmd.arg("--start-paused");
     }
     let log = OpenOptions::new()
         .create(true)
@@ -164,7 +154,7 @@ pub fn start(
     let pid = child.id() as i32;
 
     // Wait until the VMM answers (or fails).
-    let vmm = api.then(|| VmmClient::new(&api_socket));
+    let vmm = VmmClient::new(&api_socket);
     let deadline = Instant::now() + START_TIMEOUT;
     let status = loop {
         if let Ok(Some(exit)) = child.try_wait() {
@@ -194,21 +184,12 @@ pub fn start(
                 why.trim_start_matches("vireo: error: ")
             )));
         }
-        match &vmm {
-            Some(vmm) => {
-                if let Ok(reply) = vmm.execute("query-status", json!({})) {
-                    break reply
-                        .get("status")
-                        .and_then(|s| s.as_str())
-                        .unwrap_or("running")
-                        .to_string();
-                }
-            }
-            // Stand-in: a VMM that is still there after a moment got past its checks.
-            None if Instant::now() + START_TIMEOUT - deadline > Duration::from_millis(200) => {
-                break "running".into()
-            }
-            None => {}
+        if let Ok(reply) = vmm.execute("query-status", json!({})) {
+            break reply
+                .get("status")
+                .and_then(|s| s.as_str())
+                .unwrap_or("running")
+                .to_string();
         }
         if Instant::now() > deadline {
             process::kill(pid, libc::SIGKILL);
@@ -234,9 +215,9 @@ pub fn start(
         started_at_us: now_us(),
         transient,
         xml: domain.to_xml(),
-        api_socket: api.then_some(api_socket),
-        console_socket: api.then_some(console_socket),
-        exit_file: api.then_some(exit_file),
+        api_socket: Some(api_socket),
+        console_socket: Some(console_socket),
+        exit_file: Some(exit_file),
         console_log,
         vmm_log,
     };
@@ -248,11 +229,11 @@ pub fn start(
     }
     let pidfd =
         process::pidfd_open(pid).map_err(|e| vmm_error(format!("pidfd_open({pid}): {e}")))?;
-    let events = vmm.as_ref().and_then(|v| v.connect().ok());
+    let events = vmm.connect().ok();
     st.run = Some(Running {
         state: run_state,
         domain,
-        vmm,
+        vmm: Some(vmm),
         stop_request: None,
     });
     st.status = if status == "paused" {
@@ -270,21 +251,6 @@ pub fn start(
     d.publish(entry, "started", detail, "");
     spawn_monitor(d, entry, pid, true, pidfd, events);
     Ok(id)
-}
-
-fn standin_vmm_args(cmd: &mut Command, config: &vireo_vmm::VmConfig, console_log: &Path) {
-    cmd.arg("--kernel").arg(&config.kernel);
-    if let Some(initrd) = &config.initrd {
-        cmd.arg("--initrd").arg(initrd);
-    }
-    cmd.arg("--cmdline").arg(&config.cmdline);
-    cmd.arg("--memory").arg(format!("{}B", config.memory));
-    cmd.arg("--cpus").arg(config.cpus.to_string());
-    cmd.arg("--console")
-        .arg(format!("file:{}", console_log.display()));
-    if config.no_reboot {
-        cmd.arg("--no-reboot");
-    }
 }
 
 fn write_run_state(d: &Daemon, rs: &RunState) -> Result<(), String> {

@@ -160,6 +160,22 @@ fn restart_safety_and_autostart() {
     }
     d.spawn();
     assert!(d.state("b").starts_with("crashed"), "{}", d.state("b"));
+
+    // A guest that powers off while the daemon is down: its exit file says so.
+    let pb = d.guest_xml("pb", "vtg.action=wait-powerbutton", "");
+    d.ok(&["define", &pb]);
+    d.ok(&["start", "pb"]);
+    d.wait_console("pb", "vtg: waiting for the power button");
+    d.kill9();
+    let api = d.path("run/vireo/vm/pb/api.sock");
+    let s = std::os::unix::net::UnixStream::connect(&api).unwrap();
+    use std::io::{Read, Write};
+    (&s).write_all(b"{\"execute\":\"system_powerdown\",\"id\":1}\n")
+        .unwrap();
+    let mut rest = String::new();
+    let _ = (&s).read_to_string(&mut rest); // until the VMM exits
+    d.spawn();
+    assert_eq!(d.wait_state("pb", "shut off"), "shut off (shutdown)");
     d.ok(&["autostart", "--disable", "auto"]);
     d.ok(&["destroy", "auto"]);
     d.kill9();

@@ -368,7 +368,10 @@ pub fn stats(d: &Arc<Daemon>, p: DomainRef) -> Result<StatsResult, RpcError> {
     let mut stats = BTreeMap::new();
     stats.insert("state.state".into(), Value::from(st.status.number()));
     stats.insert("state.reason".into(), Value::from(st.reason.clone()));
-    stats.insert("vcpu.maximum".into(), Value::from(domain_model::vcpus(dom)));
+    stats.insert(
+        "vcpu.maximum".into(),
+        Value::from(domain_model::max_vcpus(dom)),
+    );
     stats.insert(
         "balloon.maximum".into(),
         Value::from(domain_model::max_memory_kib(dom)),
