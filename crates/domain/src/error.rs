@@ -47,32 +47,76 @@ fn with_hint(h: &str) -> String {
     }
 }
 
+/// Longest message part kept: values from the input are echoed, and a huge one must not
+/// make a huge error.
+const MAX_PART: usize = 400;
+
+/// Makes text that may contain input values fit on one line: control characters are
+/// escaped (`\n`), and a very long text keeps its start and end.
+pub(crate) fn one_line(s: impl Into<String>) -> String {
+    let s: String = s.into();
+    let escaped: String = if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        s
+    };
+    let n = escaped.chars().count();
+    if n <= MAX_PART {
+        return escaped;
+    }
+    let head: String = escaped.chars().take(MAX_PART / 2).collect();
+    let tail: String = escaped.chars().skip(n - MAX_PART / 3).collect();
+    format!("{head}…{tail}")
+}
+
 impl DomainError {
     pub(crate) fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
         DomainError::Invalid {
-            path: path.into(),
-            message: message.into(),
+            path: one_line(path),
+            message: one_line(message),
         }
     }
 
     pub(crate) fn unsupported(path: impl Into<String>, reason: impl Into<String>) -> Self {
         DomainError::Unsupported {
-            path: path.into(),
-            reason: reason.into(),
+            path: one_line(path),
+            reason: one_line(reason),
         }
     }
 
     pub(crate) fn missing(path: impl Into<String>, hint: impl Into<String>) -> Self {
         DomainError::Missing {
-            path: path.into(),
-            hint: hint.into(),
+            path: one_line(path),
+            hint: one_line(hint),
         }
     }
 
     pub(crate) fn not_runnable(path: impl Into<String>, reason: impl Into<String>) -> Self {
         DomainError::NotRunnable {
-            path: path.into(),
-            reason: reason.into(),
+            path: one_line(path),
+            reason: one_line(reason),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_stay_on_one_line_and_bounded() {
+        assert_eq!(one_line("a\nb\tc"), "a\\nb\\tc");
+        let long = one_line("x".repeat(10_000));
+        assert!(long.chars().count() < MAX_PART + 5, "{}", long.len());
+        assert!(long.contains('…'));
+        assert_eq!(one_line("plain"), "plain");
     }
 }

@@ -44,12 +44,20 @@ pub(crate) fn parse(xml: &str) -> Result<Parsed> {
         nodes_limit: MAX_NODES,
         ..ParsingOptions::default()
     };
-    let doc =
-        Document::parse_with_options(xml, opts).map_err(|e| DomainError::Xml(e.to_string()))?;
+    let doc = Document::parse_with_options(xml, opts)
+        .map_err(|e| DomainError::Xml(crate::error::one_line(e.to_string())))?;
     check_depth(&doc)?;
     let root = doc.root_element();
-    if root.tag_name().name() != "domain" || root.tag_name().namespace().is_some() {
+    if root.tag_name().name() != "domain" {
         return Err(DomainError::NotDomain(qname(root).to_string()));
+    }
+    if let Some(ns) = root.tag_name().namespace() {
+        return Err(DomainError::invalid(
+            "/domain",
+            format!(
+                "the element is in namespace '{ns}'; libvirt's <domain> has none (remove xmlns=…)"
+            ),
+        ));
     }
     let mut p = Parser::default();
     let domain = p.domain(root)?;

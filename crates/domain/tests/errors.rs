@@ -82,6 +82,18 @@ fn malformed_xml() {
         Err(DomainError::TooLarge { .. })
     ));
     assert_eq!(
+        err(&with("<domain type='kvm'>", "<domain type='kvm' xmlns='urn:x'>")),
+        "/domain: the element is in namespace 'urn:x'; libvirt's <domain> has none (remove xmlns=…)"
+    );
+    assert_eq!(
+        err(&with("<title>T</title>", "<title>a\u{1}</title>")),
+        "malformed XML: a non-XML character '\\u{1}' found at 4:11"
+    );
+    assert_eq!(
+        err(&with("<vcpu>2</vcpu>", "<vcpu>2\n3</vcpu>")),
+        "/domain/vcpu: invalid vCPU count: '2\\n3' is not a non-negative integer"
+    );
+    assert_eq!(
         err("<pool type='dir'><name>p</name></pool>"),
         "the root element is <pool>, expected <domain>"
     );
