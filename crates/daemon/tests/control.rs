@@ -237,3 +237,68 @@ fn config_changes_apply_to_the_definition() {
         d.ok(&["destroy", "m"]);
     }
 }
+
+#[test]
+fn install_writes_a_definition_virt_install_style() {
+    let d = Daemon::start("install");
+    let guest = common::test_guest();
+    let boot = format!("kernel={guest},kernel_args=console=ttyS0 vtg.quick=1 vtg.action=halt");
+    // --print-xml with a disk and a bridge: XML the daemon accepts.
+    let xml = d.ok(&[
+        "install",
+        "--name",
+        "full",
+        "--memory",
+        "64",
+        "--vcpus",
+        "2",
+        "--disk",
+        "/var/lib/vireo/images/full.qcow2",
+        "--network",
+        "bridge=br0",
+        "--boot",
+        &boot,
+        "--import",
+        "--print-xml",
+    ]);
+    let file = d.path("full.xml");
+    std::fs::write(&file, &xml).unwrap();
+    d.ok(&["define", file.to_str().unwrap()]);
+    let blk = d.ok(&["domblklist", "full"]);
+    assert!(
+        blk.contains("vda      /var/lib/vireo/images/full.qcow2"),
+        "{blk}"
+    );
+    let ifs = d.ok(&["domiflist", "full"]);
+    assert!(
+        ifs.contains("bridge") && ifs.contains("br0") && ifs.contains("virtio"),
+        "{ifs}"
+    );
+    let e = d.fails(&[
+        "install",
+        "--name",
+        "x",
+        "--boot",
+        "initrd=/i",
+        "--print-xml",
+    ]);
+    assert!(e.contains("kernel=PATH"), "{e}");
+
+    if kvm_or_skip("install_writes_a_definition_virt_install_style (start)") {
+        let out = d.ok(&[
+            "install",
+            "--name",
+            "inst",
+            "--memory",
+            "32",
+            "--boot",
+            &boot,
+            "--import",
+            "--noautoconsole",
+        ]);
+        assert_eq!(out, "Domain 'inst' defined\nDomain 'inst' started\n");
+        d.wait_console("inst", "vtg: action halt");
+        assert!(d.ok(&["list", "--name"]).lines().any(|l| l == "inst"));
+        d.ok(&["destroy", "inst"]);
+    }
+}

@@ -463,6 +463,11 @@ fn list(
     Ok(())
 }
 
+/// `start --console` (also `vireo install`).
+pub fn start_with_console(c: &mut Client, domain: &str) -> Result {
+    start(c, domain, true, false)
+}
+
 fn start(c: &mut Client, domain: &str, console: bool, paused: bool) -> Result {
     if !console {
         let r = c.call::<DomainStart>(&StartParams {

@@ -8,6 +8,7 @@ pub mod console;
 pub mod domain;
 pub mod events;
 pub mod host;
+pub mod install;
 
 use std::process::ExitCode;
 
