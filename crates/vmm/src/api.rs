@@ -22,6 +22,9 @@ pub enum Command {
     QueryStatus,
     QueryConfig,
     QueryStats,
+    /// One entry per vCPU: index, host thread id, state; while paused also its
+    /// instruction pointer (read on the parked vCPU's own thread).
+    QueryCpusFast,
     Pause,
     Resume,
     SystemPowerdown,
@@ -34,10 +37,11 @@ pub enum Command {
 
 impl Command {
     /// Every command with its wire name.
-    pub const ALL: [(&'static str, Command); 9] = [
+    pub const ALL: [(&'static str, Command); 10] = [
         ("query-status", Command::QueryStatus),
         ("query-config", Command::QueryConfig),
         ("query-stats", Command::QueryStats),
+        ("query-cpus-fast", Command::QueryCpusFast),
         ("pause", Command::Pause),
         ("resume", Command::Resume),
         ("system_powerdown", Command::SystemPowerdown),

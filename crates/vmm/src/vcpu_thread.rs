@@ -64,11 +64,22 @@ impl VcpuState {
     }
 }
 
+/// Work for a parked vCPU thread (see [`VcpuControl::on_parked`]).
+type VcpuJob = Box<dyn FnOnce(&mut Vcpu) + Send>;
+
+/// What the control knows of one vCPU thread.
+struct Slot {
+    state: VcpuState,
+    /// The thread's kernel thread id (0 until it started).
+    tid: i32,
+    job: Option<VcpuJob>,
+}
+
 /// How the VMM runs, pauses and stops the vCPU threads of one VM.
 pub struct VcpuControl {
     /// The current [`RunRequest`]; read by the vCPU loops without locking.
     request: AtomicU8,
-    states: Mutex<Vec<VcpuState>>,
+    slots: Mutex<Vec<Slot>>,
     changed: Condvar,
 }
 
@@ -80,9 +91,25 @@ impl VcpuControl {
         } else {
             RunRequest::Run
         };
+        // Threads that start parked count as paused from the start: they have not run a
+        // guest instruction, so their state is as consistent as a parked thread's (a job
+        // for them runs as soon as they park).
+        let state = if paused {
+            VcpuState::Paused
+        } else {
+            VcpuState::Running
+        };
         Self {
             request: AtomicU8::new(request as u8),
-            states: Mutex::new(vec![VcpuState::Running; vcpus]),
+            slots: Mutex::new(
+                (0..vcpus)
+                    .map(|_| Slot {
+                        state,
+                        tid: 0,
+                        job: None,
+                    })
+                    .collect(),
+            ),
             changed: Condvar::new(),
         }
     }
@@ -95,38 +122,113 @@ impl VcpuControl {
         }
     }
 
-    fn states(&self) -> std::sync::MutexGuard<'_, Vec<VcpuState>> {
-        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The state of every vCPU thread, by index.
     pub fn vcpu_states(&self) -> Vec<VcpuState> {
-        self.states().clone()
+        self.slots().iter().map(|s| s.state).collect()
+    }
+
+    /// The kernel thread id of every vCPU thread, by index (0: not started yet); for
+    /// pinning and cgroup placement.
+    pub fn thread_ids(&self) -> Vec<i32> {
+        self.slots().iter().map(|s| s.tid).collect()
     }
 
     fn set(&self, req: RunRequest) {
         // Stored under the lock so that a thread about to wait cannot miss the change.
-        let _states = self.states();
+        let _slots = self.slots();
         self.request.store(req as u8, Ordering::Release);
         self.changed.notify_all();
     }
 
-    /// Called by vCPU thread `index`: parks it until the request is no longer `Pause`.
-    fn park(&self, index: usize) {
-        let mut states = self.states();
-        states[index] = VcpuState::Paused;
-        self.changed.notify_all();
-        while self.request() == RunRequest::Pause {
-            states = self.changed.wait(states).unwrap_or_else(|e| e.into_inner());
+    /// Called by vCPU thread `index` when it starts, before its first KVM_RUN: records its
+    /// thread id and parks it if the VM is paused. The state is decided under the lock, so
+    /// a thread is never running while its slot says paused (a thread built paused whose
+    /// VM was resumed before it started must be seen as running, or `pause` would not
+    /// kick it).
+    fn started(&self, index: usize, vcpu: &mut Vcpu) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let mut slots = self.slots();
+        slots[index].tid = tid;
+        if self.request() != RunRequest::Pause {
+            slots[index].state = VcpuState::Running;
+            return;
         }
-        states[index] = VcpuState::Running;
+        drop(slots);
+        self.park(index, vcpu);
+    }
+
+    /// Called by vCPU thread `index`: parks it until the request is no longer `Pause`,
+    /// running the jobs [`VcpuControl::on_parked`] hands it meanwhile.
+    fn park(&self, index: usize, vcpu: &mut Vcpu) {
+        let mut slots = self.slots();
+        slots[index].state = VcpuState::Paused;
+        self.changed.notify_all();
+        loop {
+            if let Some(job) = slots[index].job.take() {
+                drop(slots);
+                job(vcpu);
+                slots = self.slots();
+                continue;
+            }
+            if self.request() != RunRequest::Pause {
+                break;
+            }
+            slots = self.changed.wait(slots).unwrap_or_else(|e| e.into_inner());
+        }
+        slots[index].state = VcpuState::Running;
     }
 
     /// Called by vCPU thread `index` when it leaves its loop for good.
     fn exited(&self, index: usize) {
-        let mut states = self.states();
-        states[index] = VcpuState::Exited;
+        let mut slots = self.slots();
+        slots[index].state = VcpuState::Exited;
+        slots[index].job = None;
         self.changed.notify_all();
+    }
+
+    /// Runs `f` on every parked vCPU, on its own thread (KVM wants vCPU ioctls from the
+    /// thread that runs the vCPU), and returns the results by vCPU index; `None` for a
+    /// vCPU that is not parked or did not answer within `timeout`. This is how state is
+    /// read from (and later written to) a paused VM: registers now, snapshots later.
+    pub fn on_parked<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Vcpu) -> T + Send + Sync + 'static,
+        timeout: Duration,
+    ) -> Vec<Option<T>> {
+        let f = Arc::new(f);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let n = {
+            let mut slots = self.slots();
+            let mut n = 0;
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if slot.state != VcpuState::Paused {
+                    continue;
+                }
+                let (f, tx) = (f.clone(), tx.clone());
+                slot.job = Some(Box::new(move |vcpu: &mut Vcpu| {
+                    let _ = tx.send((i, f(vcpu)));
+                }));
+                n += 1;
+            }
+            self.changed.notify_all();
+            (slots.len(), n)
+        };
+        drop(tx);
+        let mut results: Vec<Option<T>> = (0..n.0).map(|_| None).collect();
+        let deadline = Instant::now() + timeout;
+        for _ in 0..n.1 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((i, r)) => results[i] = Some(r),
+                Err(_) => break,
+            }
+        }
+        results
     }
 
     /// Pauses every vCPU and waits until each has parked (or exited). Threads that are
@@ -136,10 +238,10 @@ impl VcpuControl {
     pub fn pause(&self, threads: &[JoinHandle<()>], timeout: Duration) -> Result<(), String> {
         self.set(RunRequest::Pause);
         let deadline = Instant::now() + timeout;
-        let mut states = self.states();
+        let mut slots = self.slots();
         loop {
-            let running: Vec<usize> = (0..states.len())
-                .filter(|&i| states[i] == VcpuState::Running)
+            let running: Vec<usize> = (0..slots.len())
+                .filter(|&i| slots[i].state == VcpuState::Running)
                 .collect();
             if running.is_empty() {
                 return Ok(());
@@ -157,9 +259,9 @@ impl VcpuControl {
                 }
             }
             let wait = (deadline - now).min(Duration::from_millis(5));
-            states = self
+            slots = self
                 .changed
-                .wait_timeout(states, wait)
+                .wait_timeout(slots, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -254,6 +356,7 @@ fn run(vcpu: &mut Vcpu, shared: &VcpuShared) {
     }
     let _exited = Exited(&shared.control, vcpu.index() as usize);
     crate::signals::set_thread_kvm_run(vcpu.fd().get_kvm_run());
+    shared.control.started(vcpu.index() as usize, vcpu);
     run_loop(vcpu, shared);
     // The kvm_run page goes away with the vCPU: no kick may write to it after this.
     crate::signals::set_thread_kvm_run(std::ptr::null_mut());
@@ -279,7 +382,7 @@ fn run_loop(vcpu: &mut Vcpu, shared: &VcpuShared) {
             // guest), so that a parked vCPU's state is consistent.
             RunRequest::Pause if io_pending => vcpu.fd().set_kvm_immediate_exit(1),
             RunRequest::Pause => {
-                shared.control.park(index);
+                shared.control.park(index, vcpu);
                 continue;
             }
             RunRequest::Run => {}

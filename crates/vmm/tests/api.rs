@@ -39,6 +39,8 @@ fn pause_stops_the_guest_resume_continues_powerdown_ends_it() {
     let vmm = spawn(
         "pause",
         &[
+            "--cpus",
+            "2",
             "--console",
             "file:/dev/null",
             "--console-log",
@@ -84,6 +86,27 @@ fn pause_stops_the_guest_resume_continues_powerdown_ends_it() {
         vcpu0_counters(&paused),
         "a paused guest ran:\n{paused}\n{later}"
     );
+    // Paused vCPUs answer on their own threads: both (the second one was never started
+    // by the guest and waits for INIT/SIPI) have a stable instruction pointer, the boot
+    // vCPU's inside the guest image (loaded at 1 MiB, ~132 KiB).
+    let cpus = a.execute("query-cpus-fast");
+    assert_eq!(cpus, a.execute("query-cpus-fast"), "paused vCPUs moved");
+    let cpus = cpus.as_array().unwrap().clone();
+    assert_eq!(cpus.len(), 2, "{cpus:?}");
+    for (i, c) in cpus.iter().enumerate() {
+        assert_eq!(c["cpu-index"], i);
+        assert_eq!(c["state"], "paused");
+        let tid = c["thread-id"].as_u64().unwrap();
+        assert!(tid > 0 && tid != u64::from(vmm.pid()), "{c}");
+        assert!(c["rip"].as_str().unwrap().starts_with("0x"), "{c}");
+    }
+    assert_ne!(cpus[0]["thread-id"], cpus[1]["thread-id"]);
+    let rip = u64::from_str_radix(
+        cpus[0]["rip"].as_str().unwrap().trim_start_matches("0x"),
+        16,
+    );
+    assert!((0x10_0000..0x20_0000).contains(&rip.unwrap()), "{cpus:?}");
+    assert_eq!(later["vcpus"][1]["state"], "paused");
     // Pausing twice is not an error and sends no second STOP.
     assert_eq!(a.execute("pause"), json!({}));
 
@@ -91,6 +114,12 @@ fn pause_stops_the_guest_resume_continues_powerdown_ends_it() {
     let (_, before) = a.event("RESUME");
     assert!(before.is_empty(), "{before:?}");
     assert_eq!(a.execute("query-status")["status"], "running");
+    let cpus = a.execute("query-cpus-fast");
+    assert_eq!(cpus[0]["state"], "running");
+    assert!(
+        cpus[0].get("rip").is_none(),
+        "registers only while paused: {cpus}"
+    );
     let (_, frozen) = vcpu0_counters(&paused);
     wait_for("the guest to run again", || {
         vcpu0_counters(&a.execute("query-stats")).1 > frozen
@@ -214,10 +243,23 @@ fn system_reset_reboots_the_guest_and_quit_ends_it() {
     let (bc, _) = a.event("BOOT_COMPLETE");
     assert_eq!(bc["data"], json!({"boot": 1}));
 
+    // A reset while paused rebuilds the VM and keeps it paused: the new VM has not run.
+    a.execute("pause");
+    a.event("STOP");
     a.execute("system_reset");
     let (reset, before) = a.event("RESET");
     assert!(before.is_empty(), "{before:?}");
     assert_eq!(reset["data"], json!({"guest": false}));
+    let st = a.execute("query-status");
+    assert_eq!(
+        (st["status"].as_str(), st["boots"].as_u64()),
+        (Some("paused"), Some(2))
+    );
+    let stats = a.execute("query-stats");
+    assert_eq!(stats["vcpus"][0]["state"], "paused");
+    assert_eq!(vcpu0_counters(&stats), (0, 0), "{stats}");
+    assert!(!console.text().contains("vtg: boot 1"));
+    a.execute("resume");
     console.read_until("vtg: boot 1");
     console.read_until_n("vtg: action halt\r\n", 2);
     let (bc, _) = a.event("BOOT_COMPLETE");
@@ -232,6 +274,8 @@ fn system_reset_reboots_the_guest_and_quit_ends_it() {
     assert_eq!(text.matches("vtg: result PASS").count(), 2, "{text}");
     assert!(text.contains("vtg: boot 0"), "{text}");
 
+    // quit works on a paused VM too (the parked vCPUs are stopped).
+    a.execute("pause");
     assert_eq!(a.execute("quit"), json!({}));
     let (shutdown, _) = a.event("SHUTDOWN");
     assert_eq!(shutdown["data"]["reason"], "quit");
