@@ -411,6 +411,9 @@ impl Controller {
                 }
             }
             for line in lines {
+                if self.quit {
+                    break; // nothing after quit is run
+                }
                 let (reply, events) = self.execute(line, vm, platform);
                 if let Some(reply) = reply {
                     self.send_to(token, &reply);

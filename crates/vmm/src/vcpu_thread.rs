@@ -202,9 +202,9 @@ impl VcpuControl {
     ) -> Vec<Option<T>> {
         let f = Arc::new(f);
         let (tx, rx) = std::sync::mpsc::channel();
-        let n = {
+        let (vcpus, jobs) = {
             let mut slots = self.slots();
-            let mut n = 0;
+            let mut jobs = 0;
             for (i, slot) in slots.iter_mut().enumerate() {
                 if slot.state != VcpuState::Paused {
                     continue;
@@ -213,15 +213,17 @@ impl VcpuControl {
                 slot.job = Some(Box::new(move |vcpu: &mut Vcpu| {
                     let _ = tx.send((i, f(vcpu)));
                 }));
-                n += 1;
+                jobs += 1;
             }
             self.changed.notify_all();
-            (slots.len(), n)
+            (slots.len(), jobs)
         };
+        // Only the jobs hold senders now: a thread that exits drops its job, and once all
+        // are gone recv fails at once instead of waiting for the deadline.
         drop(tx);
-        let mut results: Vec<Option<T>> = (0..n.0).map(|_| None).collect();
+        let mut results: Vec<Option<T>> = (0..vcpus).map(|_| None).collect();
         let deadline = Instant::now() + timeout;
-        for _ in 0..n.1 {
+        for _ in 0..jobs {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok((i, r)) => results[i] = Some(r),
