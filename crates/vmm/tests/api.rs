@@ -437,3 +437,41 @@ fn guest_failure_is_reported_in_the_event_and_the_exit_file() {
     assert!(detail.contains("triple fault"), "{detail}");
     assert!(detail.contains("RIP="), "register dump: {detail}");
 }
+
+#[test]
+fn survives_its_launcher_going_away() {
+    if !kvm_or_skip("survives_its_launcher_going_away") {
+        return;
+    }
+    // What the VMM sees when the daemon that started it dies: its stdout/stderr pipes
+    // have no reader (every log line and, with a stdio console, every byte of guest output
+    // is an EPIPE) and the session may get SIGHUP. It keeps running and stays
+    // controllable.
+    let vmm = Vmm::spawn_orphaned(
+        "orphan",
+        &[
+            "--kernel",
+            test_guest(),
+            "--memory",
+            "64M",
+            "--cmdline",
+            "console=ttyS0 vtg.quick=1 vtg.action=wait-powerbutton",
+            "--console",
+            "stdio",
+        ],
+    );
+    let mut a = vmm.api();
+    vmm.signal(libc::SIGHUP);
+    wait_for("the guest to reach its power-button wait", || {
+        vcpu0_counters(&a.execute("query-stats")).1 > 0
+    });
+    a.execute("pause");
+    a.execute("resume");
+    a.execute("system_powerdown");
+    let (shutdown, _) = a.event("SHUTDOWN");
+    assert_eq!(shutdown["data"]["reason"], "poweroff");
+    let exit = vmm.exit_file();
+    let ended = vmm.wait();
+    assert_eq!(ended.status.code(), Some(0));
+    assert_eq!(exit["reason"], "poweroff");
+}

@@ -91,22 +91,46 @@ impl Vmm {
     /// Starts the VMM with `args` (plus the API socket and exit file) and waits until its
     /// API socket accepts connections.
     pub fn spawn(name: &str, args: &[&str]) -> Vmm {
+        Self::spawn_with(name, args, false)
+    }
+
+    /// [`Vmm::spawn`] with `VIREO_LOG=debug`, whose stdout and stderr pipes are closed at
+    /// once, as when the process that launched it died: every write the VMM makes there
+    /// fails with EPIPE.
+    pub fn spawn_orphaned(name: &str, args: &[&str]) -> Vmm {
+        Self::spawn_with(name, args, true)
+    }
+
+    fn spawn_with(name: &str, args: &[&str], orphaned: bool) -> Vmm {
         let dir = TempDir::new(name);
         let api = dir.path("api.sock");
         let exit = dir.path("exit.json");
-        let mut child = Command::new(vmm())
-            .args(args)
+        let mut cmd = Command::new(vmm());
+        cmd.args(args)
             .arg("--api-socket")
             .arg(&api)
             .arg("--exit-file")
             .arg(&exit)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vireo-vmm");
+            .stderr(Stdio::piped());
+        if orphaned {
+            cmd.env("VIREO_LOG", "debug");
+        }
+        let mut child = cmd.spawn().expect("spawn vireo-vmm");
         let mut out = child.stdout.take().unwrap();
         let mut err = child.stderr.take().unwrap();
+        if orphaned {
+            // The read ends go away; the threads below then read nothing.
+            drop(out);
+            drop(err);
+            out = std::process::ChildStdout::from(std::os::fd::OwnedFd::from(
+                std::fs::File::open("/dev/null").unwrap(),
+            ));
+            err = std::process::ChildStderr::from(std::os::fd::OwnedFd::from(
+                std::fs::File::open("/dev/null").unwrap(),
+            ));
+        }
         let read_all = |r: &mut dyn Read| {
             let mut s = Vec::new();
             let _ = r.read_to_end(&mut s);
