@@ -4,12 +4,12 @@
 //! * [`power`]: how devices ask the VMM to power the VM off or reset it.
 //! * [`legacy`]: the PC platform devices a Linux guest expects (UART, i8042, CMOS RTC,
 //!   debug port, ACPI power-management registers).
-//!
-//! Virtio devices will live in `virtio` beside `legacy`.
+//! * [`virtio`]: the interface between virtio device models and their transport.
 
 pub mod bus;
 pub mod legacy;
 pub mod power;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use power::{PowerEvents, PowerRequest};

@@ -100,6 +100,7 @@ impl RunArgs {
                 console_log: None,
                 cpu_template: self.cpu_template,
                 no_reboot: self.no_reboot,
+                ..Default::default()
             },
         };
         if let Some(console) = &self.console {

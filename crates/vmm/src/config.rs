@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use vireo_hypervisor::CpuTemplate;
 
+pub mod devices;
+pub use devices::{BalloonConfig, DiskConfig, DiskFormat, NetConfig, RngConfig, VsockConfig};
+
 /// Smallest guest RAM vireo accepts: the 1 MiB legacy area plus room for a small kernel.
 pub const MIN_MEMORY: u64 = 8 << 20;
 /// Highest vCPU count: APIC IDs are 8-bit xAPIC IDs (0..=254; 255 is broadcast).
@@ -85,6 +88,21 @@ pub struct VmConfig {
     /// Whether a guest reset ends the VMM (status 0) instead of restarting the guest.
     #[serde(default)]
     pub no_reboot: bool,
+    /// virtio-blk disks, in guest order (vda, vdb, …).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces, in guest order.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    #[serde(default)]
+    pub rng: Option<RngConfig>,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    #[serde(default)]
+    pub balloon: Option<BalloonConfig>,
+    /// A virtio-console (hvc0) as the console instead of the serial port.
+    #[serde(default)]
+    pub virtio_console: bool,
 }
 
 /// The flags' defaults, with no kernel: lets code build a configuration as
@@ -101,6 +119,12 @@ impl Default for VmConfig {
             console_log: None,
             cpu_template: CpuTemplate::default(),
             no_reboot: false,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            rng: None,
+            vsock: None,
+            balloon: None,
+            virtio_console: false,
         }
     }
 }
@@ -286,6 +310,7 @@ mod tests {
             console_log: None,
             cpu_template: CpuTemplate::Host,
             no_reboot: false,
+            ..Default::default()
         }
     }
 
@@ -413,6 +438,37 @@ mod tests {
         let old = br#"{"kernel":"/k","initrd":null,"cmdline":"console=ttyS0","memory":536870912,
             "cpus":2,"console":"stdio","cpu_template":"host","no_reboot":false}"#;
         assert_eq!(VmConfig::from_json(old), Ok(config()));
+    }
+
+    #[test]
+    fn device_fields_round_trip_and_default_to_none() {
+        let c = VmConfig {
+            disks: vec![DiskConfig {
+                path: "/img/a.qcow2".into(),
+                format: DiskFormat::Qcow2,
+                readonly: true,
+                serial: Some("s1".into()),
+            }],
+            nets: vec![NetConfig::default()],
+            rng: Some(RngConfig::default()),
+            vsock: Some(VsockConfig {
+                cid: 3,
+                socket: "/run/v.sock".into(),
+            }),
+            balloon: Some(BalloonConfig::default()),
+            virtio_console: true,
+            ..config()
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""format":"qcow2""#), "{json}");
+        assert_eq!(VmConfig::from_json(json.as_bytes()), Ok(c));
+        let c =
+            VmConfig::from_json(br#"{"kernel":"/k","rng":{},"disks":[{"path":"/d"}]}"#).unwrap();
+        assert_eq!(c.rng, Some(RngConfig {}));
+        assert_eq!(c.disks[0].format, DiskFormat::Raw);
+        assert!(c.nets.is_empty() && c.vsock.is_none() && !c.virtio_console);
+        let e = VmConfig::from_json(br#"{"kernel":"/k","rng":{"rate":1}}"#).unwrap_err();
+        assert!(e.contains("unknown field `rate`"), "{e}");
     }
 
     #[test]
