@@ -17,6 +17,8 @@
 //!   device calls [`VirtioInterrupt::needs_reset`] and stops using the queue — never a
 //!   panic, never stopping the VMM.
 
+pub mod net;
+
 pub use virtio_queue::{Queue, QueueT};
 
 /// Guest memory as devices see it (clone is cheap: the regions are reference-counted).
