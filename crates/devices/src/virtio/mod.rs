@@ -17,7 +17,11 @@
 //!   device calls [`VirtioInterrupt::needs_reset`] and stops using the queue — never a
 //!   panic, never stopping the VMM.
 
+pub mod descriptors;
 pub mod net;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
+pub mod worker;
 
 pub use virtio_queue::{Queue, QueueT};
 
