@@ -246,6 +246,7 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         &mut sb,
     );
     isa_device("RTC_", "PNP0B00", 0, ports::CMOS, 2, 8, &mut sb);
+    pvpanic(&mut sb);
     body.extend_from_slice(&Scope::raw(Path::new("\\_SB_"), sb));
 
     // Revision 2: 64-bit AML integers.
@@ -308,6 +309,24 @@ fn ged(sink: &mut Vec<u8>) {
             &region,
             &field,
             &evt,
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
+/// The pvpanic device: Linux's pvpanic-mmio driver binds to `QEMU0001` and accepts an I/O
+/// port resource.
+fn pvpanic(sink: &mut Vec<u8>) {
+    let crs = Name::new(
+        Path::new("_CRS"),
+        &ResourceTemplate::new(vec![&IO::new(ports::PVPANIC, ports::PVPANIC, 1, 1)]),
+    );
+    Device::new(
+        Path::new("PEVT"),
+        vec![
+            &Name::new(Path::new("_HID"), &"QEMU0001"),
+            &Name::new(Path::new("_UID"), &aml::ZERO),
+            &crs,
         ],
     )
     .to_aml_bytes(sink);

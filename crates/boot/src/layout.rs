@@ -95,6 +95,9 @@ pub mod ports {
     pub const ACPI_RESET_VALUE: u8 = 0x1;
     /// Sleep type for S5 that the DSDT's `\_S5` package advertises.
     pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+    /// pvpanic: the guest reports a kernel panic here (QEMU's ISA pvpanic address, so
+    /// guests' drivers find it where they expect; described in the DSDT as QEMU0001).
+    pub const PVPANIC: u16 = 0x505;
 }
 
 /// Interrupt lines (GSIs) of the platform devices.

@@ -241,6 +241,37 @@ fn triple_fault_is_reported_with_registers() {
 }
 
 #[test]
+fn guest_panic_is_reported_not_rebooted() {
+    if !kvm_or_skip("guest_panic_is_reported_not_rebooted") {
+        return;
+    }
+    // The guest reports the panic through pvpanic and resets at once; vireo must end the
+    // VM as a crash rather than boot it again.
+    let r = boot(&["--memory", "32M"], "console=ttyS0 vtg.action=pvpanic");
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(
+        r.guest_lines().contains(&"pvpanic features 3"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        r.stderr
+            .contains("vireo: error: the guest kernel panicked (reported through pvpanic)"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        r.guest_lines()
+            .iter()
+            .filter(|l| l.starts_with("action"))
+            .count(),
+        1,
+        "no second boot: {}",
+        r.describe()
+    );
+}
+
+#[test]
 fn sigint_stops_the_vm_cleanly() {
     if !kvm_or_skip("sigint_stops_the_vm_cleanly") {
         return;

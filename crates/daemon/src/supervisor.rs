@@ -425,6 +425,13 @@ fn classify(
                 "destroyed",
                 After::Nothing,
             ),
+            // libvirt's reason for a pvpanic report.
+            "guest-panicked" => (
+                DomainState::Crashed,
+                "panicked".into(),
+                "crashed",
+                on_crash(),
+            ),
             other => {
                 let why = if exit.detail.is_empty() {
                     format!("{other} (exit status {})", exit.status)

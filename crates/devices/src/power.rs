@@ -1,4 +1,5 @@
-//! Power requests from the guest (ACPI sleep, reset register, i8042 reset line) to the VMM.
+//! Power requests from the guest (ACPI sleep, reset register, i8042 reset line) and its
+//! panic reports (pvpanic) to the VMM.
 //!
 //! Devices run on vCPU threads; they record the request and wake the VMM's event loop
 //! through an eventfd, which then stops every vCPU and powers off or rebuilds the VM.
@@ -13,12 +14,15 @@ pub enum PowerRequest {
     Poweroff,
     /// Platform reset (ACPI reset register, i8042 pulse, port 0xcf9).
     Reset,
+    /// The guest kernel reported a panic (pvpanic). It usually resets right after
+    /// (`panic=-1`), so this outranks a reset: the VMM must learn that it was a crash.
+    Panic,
 }
 
 /// Shared by the devices that can power the VM off or reset it.
 pub struct PowerEvents {
     eventfd: EventFd,
-    // 0 = none, 1 = poweroff, 2 = reset. Poweroff wins over reset if both arrive.
+    // 0 = none, 1 = panic, 2 = poweroff, 3 = reset: the lowest code wins if several arrive.
     pending: AtomicU8,
 }
 
@@ -33,8 +37,9 @@ impl PowerEvents {
     /// Records `req` and wakes the VMM.
     pub fn request(&self, req: PowerRequest) {
         let code = match req {
-            PowerRequest::Poweroff => 1,
-            PowerRequest::Reset => 2,
+            PowerRequest::Panic => 1,
+            PowerRequest::Poweroff => 2,
+            PowerRequest::Reset => 3,
         };
         // Keep the "strongest" request: a poweroff is never turned into a reset.
         self.pending
@@ -48,8 +53,9 @@ impl PowerEvents {
     /// The request made so far, if any (does not clear it).
     pub fn pending(&self) -> Option<PowerRequest> {
         match self.pending.load(Ordering::Acquire) {
-            1 => Some(PowerRequest::Poweroff),
-            2 => Some(PowerRequest::Reset),
+            1 => Some(PowerRequest::Panic),
+            2 => Some(PowerRequest::Poweroff),
+            3 => Some(PowerRequest::Reset),
             _ => None,
         }
     }
@@ -79,6 +85,13 @@ mod tests {
         p.request(PowerRequest::Poweroff);
         p.request(PowerRequest::Reset);
         assert_eq!(p.pending(), Some(PowerRequest::Poweroff));
+        p.request(PowerRequest::Panic);
+        p.request(PowerRequest::Reset);
+        assert_eq!(
+            p.pending(),
+            Some(PowerRequest::Panic),
+            "a panic is never hidden"
+        );
         assert!(p.eventfd().read().unwrap() >= 1);
         p.clear();
         assert_eq!(p.pending(), None);

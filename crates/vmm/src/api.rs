@@ -239,6 +239,8 @@ pub enum ShutdownReason {
     Quit,
     /// A stop signal (SIGTERM, SIGINT; SIGHUP without an API socket).
     Signal,
+    /// The guest kernel reported a panic (pvpanic).
+    GuestPanicked,
     /// The VMM could not start or run the VM (bad configuration, KVM error, …).
     Error,
 }
@@ -251,6 +253,7 @@ impl ShutdownReason {
             ShutdownReason::GuestFailure => "guest-failure",
             ShutdownReason::Quit => "quit",
             ShutdownReason::Signal => "signal",
+            ShutdownReason::GuestPanicked => "guest-panicked",
             ShutdownReason::Error => "error",
         }
     }

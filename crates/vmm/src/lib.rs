@@ -53,6 +53,8 @@ pub enum VmmError {
     Io(#[from] std::io::Error),
     #[error("the guest failed on {0}")]
     Guest(GuestFailure),
+    #[error("the guest kernel panicked (reported through pvpanic)")]
+    GuestPanicked,
 }
 
 /// How a VM run ended without error.
@@ -93,6 +95,7 @@ pub fn exit_report(result: &Result<Outcome, VmmError>) -> ExitReport {
             signals::signal_name(*sig).to_string(),
         ),
         Err(VmmError::Guest(f)) => (ShutdownReason::GuestFailure, f.to_string()),
+        Err(e @ VmmError::GuestPanicked) => (ShutdownReason::GuestPanicked, e.to_string()),
         Err(e) => (ShutdownReason::Error, e.to_string()),
     };
     let status = match result {
@@ -122,6 +125,7 @@ pub fn run_with(config: &VmConfig, options: &VmmOptions) -> Result<Outcome, VmmE
             Ok(Outcome::Quit) => ShutdownReason::Quit,
             Ok(Outcome::Signal(_)) => ShutdownReason::Signal,
             Err(VmmError::Guest(_)) => ShutdownReason::GuestFailure,
+            Err(VmmError::GuestPanicked) => ShutdownReason::GuestPanicked,
             Err(_) => ShutdownReason::Error,
         };
         ctl.finish(Event::Shutdown {
@@ -197,6 +201,10 @@ fn boot_loop(
             }
             Wake::Power(PowerRequest::Reset) => return Ok(Outcome::Reset),
             Wake::Power(PowerRequest::Poweroff) => return Ok(Outcome::Poweroff),
+            Wake::Power(PowerRequest::Panic) => {
+                ctl.emit(Event::GuestPanicked);
+                return Err(VmmError::GuestPanicked);
+            }
             Wake::Signal(sig) => return Ok(Outcome::Signal(sig)),
             Wake::Quit => return Ok(Outcome::Quit),
             Wake::Failure(f) => return Err(VmmError::Guest(f)),

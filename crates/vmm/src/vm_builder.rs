@@ -14,6 +14,7 @@ use vireo_devices::legacy::cmos::Cmos;
 use vireo_devices::legacy::ged::GedDevice;
 use vireo_devices::legacy::i8042::I8042Device;
 use vireo_devices::legacy::post_code::PostCode;
+use vireo_devices::legacy::pvpanic::PvPanic;
 use vireo_devices::legacy::serial::SerialDevice;
 use vireo_devices::{Bus, PowerEvents, SharedDevice};
 use vireo_hypervisor::memory::create_guest_memory;
@@ -108,14 +109,16 @@ pub fn build(
     let ged = GedDevice::new().map_err(VmmError::Io)?;
     vm.register_irqfd(ged.irq_evt(), irqs::ACPI_GED)?;
     let ged = Arc::new(Mutex::new(ged));
+    let pvpanic = Arc::new(Mutex::new(PvPanic::new(platform.power.clone())));
     let port = u64::from;
-    let inserts: [(SharedDevice, u64, u64); 6] = [
+    let inserts: [(SharedDevice, u64, u64); 7] = [
         (serial.clone(), port(ports::SERIAL_COM1), 8),
         (i8042.clone(), port(ports::I8042_DATA), 1),
         (i8042, port(ports::I8042_COMMAND), 1),
         (platform.cmos.clone(), port(ports::CMOS), 2),
         (platform.post_code.clone(), port(ports::POST_CODE), 1),
         (acpi_pm, port(ports::ACPI_SLEEP_CONTROL), 3),
+        (pvpanic, port(ports::PVPANIC), 1),
     ];
     for (dev, base, len) in inserts {
         io_bus

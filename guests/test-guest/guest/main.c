@@ -1276,6 +1276,11 @@ static NORETURN void run_action(void)
         halt_forever();
     } else if (streq(a, "triple-fault")) {
         sys(SYS_TRIPLE_FAULT);
+    } else if (streq(a, "pvpanic")) {
+        /* What Linux does on panic with panic=-1: report through pvpanic, then reset. */
+        pr("vtg: pvpanic features %u\n", (u32)inb(0x505));
+        outb(0x505, 1);
+        do_reset();
     } else if (streq(a, "popcnt-cpl0")) {
         sys(SYS_POPCNT);
     } else {

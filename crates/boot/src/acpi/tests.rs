@@ -249,6 +249,8 @@ fn iasl_disassembles_the_tables() {
                 "Notify (\\_SB.PWRB, 0x80)",
                 "EisaId (\"PNP0501\")",
                 "EisaId (\"PNP0B00\")",
+                "\"QEMU0001\"",
+                "IO (Decode16,\n                    0x0505,",
                 "SystemMemory, 0xF0000000",
             ],
         ),
