@@ -42,6 +42,7 @@
 //! returns false, or panics when `VIREO_REQUIRE_KVM=1`.
 
 pub mod cpio;
+pub mod modules;
 
 use std::fmt;
 use std::fs;
@@ -305,6 +306,16 @@ impl Scenario {
     }
 
     fn l2_initramfs(&self, p: &Prepared) -> Result<Vec<u8>> {
+        // A stock kernel gets its driver modules, as a distribution's initramfs would.
+        let stock = matches!(self.kernel, Kernel::DebianStock | Kernel::DebianStockPvh);
+        let load_modules = if stock {
+            format!(
+                "for m in {}; do modprobe $m || echo \"VIREO-L2-ERROR modprobe $m\"; done\n",
+                modules::STOCK_L2_MODULES.join(" ")
+            )
+        } else {
+            String::new()
+        };
         let init = format!(
             "#!/bin/busybox sh\n\
              /bin/busybox mkdir -p /proc /sys /dev /sbin /usr/bin /usr/sbin /tmp\n\
@@ -312,6 +323,7 @@ impl Scenario {
              mount -t proc proc /proc\n\
              mount -t sysfs sysfs /sys\n\
              mount -t devtmpfs devtmpfs /dev\n\
+             {load_modules}\
              echo VIREO-L2-INIT\n\
              {}\n",
             self.script
@@ -322,6 +334,16 @@ impl Scenario {
             .char_dev("dev/console", 0o600, 5, 1)
             .file("bin/busybox", 0o755, &read(&p.busybox)?)
             .file("init", 0o755, init.as_bytes());
+        if stock {
+            let m = &p.stock_modules;
+            let mut seen = vec!["bin".to_string(), "dev".to_string()];
+            for (path, host) in &m.files {
+                a.parents(path, &mut seen).file(path, 0o644, &read(host)?);
+            }
+            let dep = format!("lib/modules/{}/modules.dep", m.release);
+            a.parents(&dep, &mut seen)
+                .file(&dep, 0o644, m.modules_dep.as_bytes());
+        }
         let mut out = Vec::new();
         a.finish(&mut out)
             .map_err(|e| Error(format!("L2 initramfs: {e}")))?;
@@ -461,6 +483,8 @@ struct Prepared {
     busybox: PathBuf,
     vireo: PathBuf,
     libs: Vec<PathBuf>,
+    /// The stock kernel's modules a stock-kernel L2 initramfs carries.
+    stock_modules: modules::ModuleSet,
 }
 
 fn prepared() -> Result<&'static Prepared> {
@@ -505,6 +529,7 @@ fn prepare() -> Result<Prepared> {
     }
     let vireo = vireo_binary()?;
     let libs = shared_libraries(&vireo)?;
+    let stock_modules = modules::resolve(&release, modules::STOCK_L2_MODULES)?;
     Ok(Prepared {
         kernel_pkg,
         bzimage,
@@ -512,6 +537,7 @@ fn prepare() -> Result<Prepared> {
         busybox,
         vireo,
         libs,
+        stock_modules,
     })
 }
 

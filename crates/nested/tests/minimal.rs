@@ -23,6 +23,7 @@ fn boot(name: &str, kernel: Kernel) {
              echo MEMTOTAL; sed -n 's/^MemTotal: *\\([0-9]*\\) kB$/\\1/p' /proc/meminfo\n\
              echo DATE; date -u +%F\n\
              echo CMDLINE; cat /proc/cmdline\n\
+             echo PVPANIC; ls /sys/bus/platform/drivers/pvpanic-mmio/ | grep -c QEMU0001\n\
              poweroff -f",
         )
         .vireo_args(&["--cpus", "2", "--memory", "128M"])
@@ -54,6 +55,7 @@ fn boot(name: &str, kernel: Kernel) {
         "{}",
         o.describe()
     );
+    assert_eq!(o.after("PVPANIC"), Some("1"), "{}", o.describe());
 }
 
 #[test]
