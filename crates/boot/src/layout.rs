@@ -8,7 +8,8 @@
 //! 0x0000_8000  boot stack top (64-bit bzImage entry)
 //! 0x0000_9000  boot page tables: PML4, PDPT, PD (identity map of the first 1 GiB)
 //! 0x0002_0000  kernel command line
-//! 0x0009_fc00  EBDA .. 1 MiB: reserved (VGA hole, option ROMs, BIOS)
+//! 0x0009_fc00  EBDA .. 1 MiB: reserved (VGA hole, option ROMs, BIOS); the MP table
+//!              starts at the EBDA (its floating pointer first)
 //! 0x000e_0000  ACPI tables (RSDP first; scanned by Linux in 0xe0000..0x100000)
 //! 0x000f_fff0  reset vector (F000:FFF0): a 16-byte real-mode stub that resets the machine
 //! 0x0010_0000  RAM: kernel, initrd (at the top of low RAM)...
@@ -42,6 +43,9 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the Extended BIOS Data Area: low RAM ends here.
 pub const EBDA_START: u64 = 0x9fc00;
+/// MultiProcessor table: floating pointer, then the configuration table (at most ~5 KiB).
+pub const MPTABLE_START: u64 = EBDA_START;
+pub const MPTABLE_MAX_SIZE: u64 = ACPI_START - MPTABLE_START;
 /// ACPI tables region (RSDP at its start); ends at the page holding the reset vector.
 pub const ACPI_START: u64 = 0xe0000;
 pub const ACPI_SIZE: u64 = 0x1f000;

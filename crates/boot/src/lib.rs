@@ -6,5 +6,6 @@
 pub mod acpi;
 pub mod layout;
 pub mod loader;
+pub mod mptable;
 
 pub use loader::{BootEntry, BootError, KernelFormat, KernelInfo};

@@ -100,6 +100,8 @@ pub struct Scenario {
     timeout: Duration,
     l1_cpus: u32,
     l1_memory_mib: u32,
+    /// Shell run by L2's init right after mounting /dev, before anything else.
+    l2_early: String,
 }
 
 /// What a scenario produced.
@@ -165,6 +167,7 @@ impl Scenario {
             timeout: Duration::from_secs(300),
             l1_cpus: 1,
             l1_memory_mib: 1024,
+            l2_early: String::new(),
         }
     }
 
@@ -221,17 +224,53 @@ impl Scenario {
         let _ = fs::remove_dir_all(&dir);
         mkdirs(&dir)?;
 
-        let l2_kernel = match &self.kernel {
+        let l2_kernel = self.l2_kernel_path(p)?;
+        let l2_initrd = self.l2_initramfs(p)?;
+        let l1_initrd = dir.join("l1.cpio");
+        let mut args = vec![
+            "--kernel".to_string(),
+            "/l2/kernel".to_string(),
+            "--initrd".to_string(),
+            "/l2/initrd".to_string(),
+            "--cmdline".to_string(),
+            self.cmdline.clone(),
+        ];
+        args.extend(self.vireo_args.iter().cloned());
+        let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+        let run = format!(
+            "VIREO_LOG={log} /bin/vireo run {args} </dev/null >/dev/ttyS1 2>/dev/ttyS2\n\
+             echo \"VIREO-EXIT $?\"",
+            log = shell_quote(&self.vireo_log),
+            args = args.join(" "),
+        );
+        // Diagnostics: L1's kvm_exit tracepoint around the run, dumped to vireo's stderr
+        // log (every exit of L2 with its reason and guest RIP).
+        let run = if std::env::var("VIREO_NESTED_L1_TRACE").as_deref() == Ok("1") {
+            let t = "/sys/kernel/tracing";
+            format!(
+                "mount -t tracefs tracefs {t}; echo 100000 > {t}/buffer_size_kb\n\
+                 echo 1 > {t}/events/kvm/kvm_exit/enable; echo 1 > {t}/events/kvm/kvm_userspace_exit/enable\n\
+                 {run}\necho 0 > {t}/tracing_on; cat {t}/trace > /dev/ttyS2"
+            )
+        } else {
+            run
+        };
+        l1_initramfs(p, &l2_kernel, &l2_initrd, &l1_initrd, &run, false)?;
+        self.boot_l1(p, &dir, &l1_initrd)
+    }
+
+    fn l2_kernel_path(&self, p: &Prepared) -> Result<PathBuf> {
+        Ok(match &self.kernel {
             Kernel::DebianStock => p.bzimage.clone(),
             Kernel::DebianStockPvh => debian_vmlinux(p)?,
             Kernel::MinimalPvh => minimal_kernel()?.vmlinux,
             Kernel::MinimalBzImage => minimal_kernel()?.bzimage,
             Kernel::File(path) => path.clone(),
-        };
-        let l2_initrd = self.l2_initramfs(p)?;
-        let l1_initrd = dir.join("l1.cpio");
-        self.l1_initramfs(p, &l2_kernel, &l2_initrd, &l1_initrd)?;
+        })
+    }
 
+    /// Boots L1 with `l1_initrd` and collects what its serial ports received.
+    fn boot_l1(&self, p: &Prepared, dir: &Path, l1_initrd: &Path) -> Result<Outcome> {
         let (l1_log, l2_log, stderr_log) = (
             dir.join("l1.log"),
             dir.join("l2-console.log"),
@@ -323,10 +362,12 @@ impl Scenario {
              mount -t proc proc /proc\n\
              mount -t sysfs sysfs /sys\n\
              mount -t devtmpfs devtmpfs /dev\n\
+             {early}\n\
              {load_modules}\
              echo VIREO-L2-INIT\n\
              {}\n",
-            self.script
+            self.script,
+            early = self.l2_early,
         );
         let mut a = cpio::Archive::new();
         a.dir("bin")
@@ -349,73 +390,244 @@ impl Scenario {
             .map_err(|e| Error(format!("L2 initramfs: {e}")))?;
         Ok(out)
     }
+}
 
-    fn l1_initramfs(
-        &self,
-        p: &Prepared,
-        l2_kernel: &Path,
-        l2_initrd: &[u8],
-        out: &Path,
-    ) -> Result<()> {
-        let mut args = vec![
-            "--kernel".to_string(),
-            "/l2/kernel".to_string(),
-            "--initrd".to_string(),
-            "/l2/initrd".to_string(),
-            "--cmdline".to_string(),
-            self.cmdline.clone(),
-        ];
-        args.extend(self.vireo_args.iter().cloned());
-        let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-        let modules: Vec<String> = p
-            .modules
-            .iter()
-            .map(|m| format!("/lib/nested/{}", file_name(m)))
-            .collect();
-        let init = format!(
-            "#!/bin/busybox sh\n\
-             /bin/busybox mkdir -p /proc /sys /dev /sbin /usr/bin /usr/sbin /tmp\n\
-             /bin/busybox --install -s\n\
-             mount -t proc proc /proc\n\
-             mount -t sysfs sysfs /sys\n\
-             mount -t devtmpfs devtmpfs /dev\n\
-             echo VIREO-L1-INIT\n\
-             for m in {modules}; do insmod $m || echo \"VIREO-L1-ERROR insmod $m failed\"; done\n\
-             if [ ! -c /dev/kvm ]; then echo 'VIREO-L1-ERROR no /dev/kvm'; poweroff -f; fi\n\
-             stty -F /dev/ttyS1 raw -echo; stty -F /dev/ttyS2 raw -echo\n\
-             echo VIREO-L2-BEGIN\n\
-             VIREO_LOG={log} /bin/vireo run {args} </dev/null >/dev/ttyS1 2>/dev/ttyS2\n\
-             echo \"VIREO-EXIT $?\"\n\
-             poweroff -f\n",
-            modules = modules.join(" "),
-            log = shell_quote(&self.vireo_log),
-            args = args.join(" "),
-        );
-        let mut a = cpio::Archive::new();
-        let mut seen = Vec::new();
-        for d in ["bin", "dev", "lib", "lib/nested", "l2"] {
-            seen.push(d.to_string());
-            a.dir(d);
-        }
-        a.char_dev("dev/console", 0o600, 5, 1)
-            .file("bin/busybox", 0o755, &read(&p.busybox)?)
-            .file("bin/vireo", 0o755, &read(&p.vireo)?)
-            .file("init", 0o755, init.as_bytes())
-            .file("l2/kernel", 0o644, &read(l2_kernel)?)
-            .file("l2/initrd", 0o644, l2_initrd);
-        for m in &p.modules {
-            a.file(&format!("lib/nested/{}", file_name(m)), 0o644, &read(m)?);
-        }
-        for lib in &p.libs {
-            let s = lib.to_string_lossy();
-            a.parents(&s, &mut seen).file(&s, 0o755, &read(lib)?);
-        }
-        let mut f = std::io::BufWriter::new(
-            fs::File::create(out).map_err(|e| Error(format!("{}: {e}", out.display())))?,
-        );
-        a.finish(&mut f)
-            .map_err(|e| Error(format!("{}: {e}", out.display())))
+/// Writes L1's initramfs to `out`: busybox, the kvm modules, vireo (and, with `qemu`,
+/// QEMU with its firmware), the boot timer, the L2 kernel and initramfs, and an `/init`
+/// that loads kvm-amd, runs the shell `run` (which starts the VMMs; COM2 is meant for
+/// their stdout, COM3 for their stderr) and powers L1 off.
+fn l1_initramfs(
+    p: &Prepared,
+    l2_kernel: &Path,
+    l2_initrd: &[u8],
+    out: &Path,
+    run: &str,
+    qemu: bool,
+) -> Result<()> {
+    let modules: Vec<String> = p
+        .modules
+        .iter()
+        .map(|m| format!("/lib/nested/{}", file_name(m)))
+        .collect();
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox mkdir -p /proc /sys /dev /sbin /usr/bin /usr/sbin /tmp\n\
+         /bin/busybox --install -s\n\
+         mount -t proc proc /proc\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         echo VIREO-L1-INIT\n\
+         for m in {modules}; do insmod $m || echo \"VIREO-L1-ERROR insmod $m failed\"; done\n\
+         if [ ! -c /dev/kvm ]; then echo 'VIREO-L1-ERROR no /dev/kvm'; poweroff -f; fi\n\
+         stty -F /dev/ttyS1 raw -echo; stty -F /dev/ttyS2 raw -echo\n\
+         echo VIREO-L2-BEGIN\n\
+         {run}\n\
+         poweroff -f\n",
+        modules = modules.join(" "),
+    );
+    let mut a = cpio::Archive::new();
+    let mut seen = Vec::new();
+    for d in ["bin", "dev", "lib", "lib/nested", "l2"] {
+        seen.push(d.to_string());
+        a.dir(d);
     }
+    a.char_dev("dev/console", 0o600, 5, 1)
+        .file("bin/busybox", 0o755, &read(&p.busybox)?)
+        .file("bin/vireo", 0o755, &read(&p.vireo)?)
+        .file("bin/vireo-boot-timer", 0o755, &read(&p.boot_timer)?)
+        .file("init", 0o755, init.as_bytes())
+        .file("l2/kernel", 0o644, &read(l2_kernel)?)
+        .file("l2/initrd", 0o644, l2_initrd);
+    for m in &p.modules {
+        a.file(&format!("lib/nested/{}", file_name(m)), 0o644, &read(m)?);
+    }
+    let mut files: Vec<(PathBuf, u32)> = p.libs.iter().map(|l| (l.clone(), 0o755)).collect();
+    if qemu {
+        let q = qemu_files()?;
+        files.extend(q.into_iter().map(|f| (f, 0o755)));
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for (file, mode) in files {
+        if !done.insert(file.clone()) {
+            continue;
+        }
+        let s = file.to_string_lossy();
+        let s = s.trim_start_matches('/');
+        a.parents(s, &mut seen).file(s, mode, &read(&file)?);
+    }
+    let mut f = std::io::BufWriter::new(
+        fs::File::create(out).map_err(|e| Error(format!("{}: {e}", out.display())))?,
+    );
+    a.finish(&mut f)
+        .map_err(|e| Error(format!("{}: {e}", out.display())))
+}
+
+/// QEMU in L1: the binary, its shared libraries and the firmware that `-M microvm`
+/// (qboot) and `-M q35` (SeaBIOS, the linuxboot option ROM) load.
+fn qemu_files() -> Result<Vec<PathBuf>> {
+    let qemu =
+        which("qemu-system-x86_64").ok_or_else(|| Error("qemu-system-x86_64 not found".into()))?;
+    let mut files = vec![qemu.clone()];
+    files.extend(shared_libraries(&qemu)?);
+    for f in [
+        "/usr/share/qemu/bios-microvm.bin",
+        "/usr/share/qemu/qboot.rom",
+        "/usr/share/qemu/linuxboot_dma.bin",
+        "/usr/share/qemu/linuxboot.bin",
+        "/usr/share/qemu/kvmvapic.bin",
+        "/usr/share/qemu/pvh.bin",
+        "/usr/share/seabios/bios-256k.bin",
+        "/usr/share/seabios/bios.bin",
+    ] {
+        let p = PathBuf::from(f);
+        if p.exists() {
+            files.push(p);
+        }
+    }
+    Ok(files)
+}
+
+/// A VMM that boots the L2 guest inside L1, for [`boot_benchmark`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Vmm {
+    Vireo,
+    /// `qemu-system-x86_64 -accel kvm -M microvm` (qboot firmware).
+    QemuMicrovm,
+    /// `qemu-system-x86_64 -accel kvm -M q35` (SeaBIOS).
+    QemuQ35,
+}
+
+impl Vmm {
+    pub fn label(self) -> &'static str {
+        match self {
+            Vmm::Vireo => "vireo",
+            Vmm::QemuMicrovm => "qemu-microvm",
+            Vmm::QemuQ35 => "qemu-q35",
+        }
+    }
+
+    /// The L1 shell line that boots L2 under this VMM through the boot timer.
+    fn command(self, b: &BootBench) -> String {
+        let cmdline = shell_quote(&b.cmdline);
+        let io = "</dev/null >/dev/ttyS1 2>/dev/ttyS2";
+        match self {
+            Vmm::Vireo => format!(
+                "VIREO_LOG=info /bin/vireo-boot-timer stderr -- /bin/vireo run \
+                 --kernel /l2/kernel --initrd /l2/initrd --cmdline {cmdline} \
+                 --cpus {} --memory {}M {io}",
+                b.cpus, b.memory_mib
+            ),
+            Vmm::QemuMicrovm | Vmm::QemuQ35 => format!(
+                "rm -f /tmp/marker; mkfifo /tmp/marker; \
+                 /bin/vireo-boot-timer fifo:/tmp/marker -- /usr/bin/qemu-system-x86_64 \
+                 -accel kvm -cpu host -M {} -m {}M -smp {} -nodefaults -no-user-config \
+                 -display none -monitor none -serial stdio -no-reboot \
+                 -kernel /l2/kernel -initrd /l2/initrd -append {cmdline} \
+                 -chardev pipe,id=marker,path=/tmp/marker \
+                 -device isa-debugcon,iobase=0x80,chardev=marker {io}",
+                if self == Vmm::QemuMicrovm {
+                    "microvm"
+                } else {
+                    "q35"
+                },
+                b.memory_mib,
+                b.cpus
+            ),
+        }
+    }
+}
+
+/// Boot-time benchmark: the same L2 kernel and initramfs booted by several VMMs inside
+/// one L1, `rounds` times each (the order rotates every round so that drift in L1 spreads
+/// evenly). The L2 init writes the boot-complete marker (123 to port 0x80) first thing
+/// and powers off.
+#[derive(Clone, Debug)]
+pub struct BootBench {
+    pub name: String,
+    pub kernel: Kernel,
+    pub cmdline: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub rounds: u32,
+    pub vmms: Vec<Vmm>,
+}
+
+/// One measured boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootSample {
+    pub vmm: Vmm,
+    pub round: u32,
+    /// Microseconds from starting the VMM until it saw the marker; `None` if it never did.
+    pub marker_us: Option<u64>,
+    /// The VMM's exit status.
+    pub status: Option<i32>,
+}
+
+/// Runs `b` and returns every sample and the whole L1 run's outcome (for diagnostics).
+pub fn boot_benchmark(b: &BootBench) -> Result<(Vec<BootSample>, Outcome)> {
+    if let Some(reason) = skip_reason() {
+        return err(format!("cannot run nested benchmarks: {reason}"));
+    }
+    let p = prepared()?;
+    let dir = nested_dir().join("runs").join(&b.name);
+    let _ = fs::remove_dir_all(&dir);
+    mkdirs(&dir)?;
+    let mut scenario = Scenario::new(&b.name)
+        .l2_kernel(b.kernel.clone())
+        .l2_cmdline(&b.cmdline)
+        .timeout(Duration::from_secs(
+            120 + 90 * u64::from(b.rounds) * b.vmms.len() as u64,
+        ));
+    scenario.l2_early =
+        "printf '\\173' | dd of=/dev/port bs=1 seek=128 count=1 2>/dev/null; poweroff -f"
+            .to_string();
+    let l2_kernel = scenario.l2_kernel_path(p)?;
+    let l2_initrd = scenario.l2_initramfs(p)?;
+    let mut run = String::new();
+    for round in 0..b.rounds {
+        let n = b.vmms.len();
+        for i in 0..n {
+            let vmm = b.vmms[(i + round as usize) % n];
+            let label = vmm.label();
+            run.push_str(&format!(
+                "echo 'VIREO-RUN {label} {round}' >/dev/ttyS2\n{}\n\
+                 echo \"VIREO-RUN-EXIT {label} {round} $?\" >/dev/ttyS2\n",
+                vmm.command(b)
+            ));
+        }
+    }
+    let l1_initrd = dir.join("l1.cpio");
+    let qemu = b.vmms.iter().any(|v| *v != Vmm::Vireo);
+    l1_initramfs(p, &l2_kernel, &l2_initrd, &l1_initrd, &run, qemu)?;
+    let outcome = scenario.boot_l1(p, &dir, &l1_initrd)?;
+    Ok((parse_samples(&outcome.vireo_stderr, &b.vmms), outcome))
+}
+
+fn parse_samples(stderr: &str, vmms: &[Vmm]) -> Vec<BootSample> {
+    let mut samples = Vec::new();
+    let mut marker = None;
+    for line in stderr.lines().map(str::trim) {
+        if line.starts_with("VIREO-RUN ") {
+            marker = None;
+        } else if let Some(v) = line.strip_prefix("VIREO-BOOT-MARKER-US ") {
+            marker = v.parse().ok();
+        } else if let Some(rest) = line.strip_prefix("VIREO-RUN-EXIT ") {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (Some(label), Some(round)) = (f.first(), f.get(1).and_then(|r| r.parse().ok()))
+            else {
+                continue;
+            };
+            if let Some(vmm) = vmms.iter().copied().find(|v| v.label() == *label) {
+                samples.push(BootSample {
+                    vmm,
+                    round,
+                    marker_us: marker.take(),
+                    status: f.get(2).and_then(|s| s.parse().ok()),
+                });
+            }
+        }
+    }
+    samples
 }
 
 /// Why nested tests cannot run here, if they cannot.
@@ -482,6 +694,8 @@ struct Prepared {
     modules: Vec<PathBuf>,
     busybox: PathBuf,
     vireo: PathBuf,
+    /// Runs a VMM and measures its guest's boot (src/bin/vireo-boot-timer.rs).
+    boot_timer: PathBuf,
     libs: Vec<PathBuf>,
     /// The stock kernel's modules a stock-kernel L2 initramfs carries.
     stock_modules: modules::ModuleSet,
@@ -528,7 +742,9 @@ fn prepare() -> Result<Prepared> {
         return err(format!("{} missing", busybox.display()));
     }
     let vireo = vireo_binary()?;
-    let libs = shared_libraries(&vireo)?;
+    let boot_timer = boot_timer_binary()?;
+    let mut libs = shared_libraries(&vireo)?;
+    libs.extend(shared_libraries(&boot_timer)?);
     let stock_modules = modules::resolve(&release, modules::STOCK_L2_MODULES)?;
     Ok(Prepared {
         kernel_pkg,
@@ -536,6 +752,7 @@ fn prepare() -> Result<Prepared> {
         modules,
         busybox,
         vireo,
+        boot_timer,
         libs,
         stock_modules,
     })
@@ -768,6 +985,24 @@ fn vireo_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The boot timer L1 runs VMMs under when a boot is measured.
+fn boot_timer_binary() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let target = target_dir();
+    output(
+        Command::new(cargo)
+            .args(["build", "--release", "-q", "-p", "vireo-nested"])
+            .args(["--bin", "vireo-boot-timer"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(workspace_root()),
+    )?;
+    let bin = target.join("release/vireo-boot-timer");
+    if !bin.is_file() {
+        return err(format!("{} was not built", bin.display()));
+    }
+    Ok(bin)
+}
+
 /// The shared libraries (and the dynamic loader) `ldd` lists for `bin`.
 fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
     let out = output(Command::new("ldd").arg(bin))?;
@@ -873,6 +1108,37 @@ mod tests {
         assert_eq!(civil_date(0), "1970-01-01");
         assert_eq!(civil_date(11_016), "2000-02-29");
         assert_eq!(civil_date(20_513), "2026-03-01");
+    }
+
+    #[test]
+    fn bench_samples_are_parsed_per_run() {
+        let log = "VIREO-RUN vireo 0\nvireo: info: x\nVIREO-BOOT-MARKER-US 1500\n\
+                   VIREO-RUN-EXIT vireo 0 0\nVIREO-RUN qemu-q35 0\nVIREO-BOOT-MARKER-US none\n\
+                   VIREO-RUN-EXIT qemu-q35 0 1\nVIREO-RUN vireo 1\nVIREO-RUN-EXIT vireo 1 0\n";
+        let s = parse_samples(log, &[Vmm::Vireo, Vmm::QemuQ35]);
+        assert_eq!(
+            s,
+            [
+                BootSample {
+                    vmm: Vmm::Vireo,
+                    round: 0,
+                    marker_us: Some(1500),
+                    status: Some(0)
+                },
+                BootSample {
+                    vmm: Vmm::QemuQ35,
+                    round: 0,
+                    marker_us: None,
+                    status: Some(1)
+                },
+                BootSample {
+                    vmm: Vmm::Vireo,
+                    round: 1,
+                    marker_us: None,
+                    status: Some(0)
+                },
+            ]
+        );
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub fn build(
         },
     )
     .map_err(|e| VmmError::Acpi(e.to_string()))?;
+    vireo_boot::mptable::write(&memory, config.cpus)?;
     loader::write_reset_stub(&memory)?;
     let entry = loader::write_boot_info(&memory, &loaded, &config.cmdline, initrd, Some(rsdp.0))?;
 
