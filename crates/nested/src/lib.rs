@@ -277,7 +277,9 @@ impl Scenario {
             dir.join("vireo-stderr.log"),
         );
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-cpu", "qemu64,+svm", "-m"])
+        // `npt`: TCG emulates AMD-V's nested paging, so L1's kvm-amd runs L2 without
+        // shadow paging (whose page-fault, INVLPG and CR3 exits double L2's boot time).
+        cmd.args(["-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-m"])
             .arg(self.l1_memory_mib.to_string())
             .arg("-smp")
             .arg(self.l1_cpus.to_string())
