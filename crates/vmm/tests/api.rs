@@ -439,6 +439,30 @@ fn guest_failure_is_reported_in_the_event_and_the_exit_file() {
 }
 
 #[test]
+fn guest_panic_is_an_event_and_the_exit_reason() {
+    if !kvm_or_skip("guest_panic_is_an_event_and_the_exit_reason") {
+        return;
+    }
+    let vmm = spawn(
+        "panic",
+        &["--console", "file:/dev/null", "--start-paused"],
+        "vtg.action=pvpanic",
+    );
+    let mut a = vmm.api();
+    a.execute("resume");
+    let (_, before) = a.event("GUEST_PANICKED");
+    assert!(
+        !names(&before).contains(&"RESET"),
+        "the reset after the panic must not reboot: {before:?}"
+    );
+    let (shutdown, _) = a.event("SHUTDOWN");
+    assert_eq!(shutdown["data"]["reason"], "guest-panicked");
+    let exit = vmm.exit_file();
+    assert_eq!(vmm.wait().status.code(), Some(1));
+    assert_eq!(exit["reason"], "guest-panicked");
+}
+
+#[test]
 fn survives_its_launcher_going_away() {
     if !kvm_or_skip("survives_its_launcher_going_away") {
         return;
