@@ -102,6 +102,19 @@ pub struct Scenario {
     l1_memory_mib: u32,
     /// Shell run by L2's init right after mounting /dev, before anything else.
     l2_early: String,
+    /// L1 additions: kernel modules (loaded with their dependencies before vireo starts),
+    /// host programs (with their libraries, on PATH), files, shell run before vireo starts
+    /// and shell run while vireo runs.
+    l1_modules: Vec<String>,
+    l1_tools: Vec<String>,
+    l1_files: Vec<(String, PathBuf)>,
+    l1_prelude: String,
+    l1_script: String,
+    /// The management daemon and the VMM binary in L1 (`/bin/vireod`, `/bin/vireo-vmm`).
+    l1_daemon: bool,
+    /// L2 additions: host programs (with their libraries, on PATH) and files.
+    l2_tools: Vec<String>,
+    l2_files: Vec<(String, PathBuf)>,
 }
 
 /// What a scenario produced.
@@ -140,6 +153,11 @@ impl Outcome {
         lines.get(i + 1).copied()
     }
 
+    /// L1 console lines, trimmed (the output of `l1_prelude`/`l1_script` is there).
+    pub fn l1_lines(&self) -> Vec<&str> {
+        self.l1_log.lines().map(str::trim).collect()
+    }
+
     /// Everything, for assertion messages.
     pub fn describe(&self) -> String {
         format!(
@@ -168,6 +186,14 @@ impl Scenario {
             l1_cpus: 1,
             l1_memory_mib: 1024,
             l2_early: String::new(),
+            l1_modules: Vec::new(),
+            l1_tools: Vec::new(),
+            l1_files: Vec::new(),
+            l1_prelude: String::new(),
+            l1_script: String::new(),
+            l1_daemon: false,
+            l2_tools: Vec::new(),
+            l2_files: Vec::new(),
         }
     }
 
@@ -214,6 +240,59 @@ impl Scenario {
         self
     }
 
+    /// L1 kernel modules to load (names as `modprobe` takes them, e.g. `tun`, `bridge`,
+    /// `veth`); their dependencies come along.
+    pub fn l1_modules(mut self, names: &[&str]) -> Self {
+        self.l1_modules = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Host programs to put in L1 (found on the host's PATH, copied with the shared
+    /// libraries `ldd` lists; on L1's PATH), e.g. `qemu-img`, `ip`, `socat`.
+    pub fn l1_tools(mut self, names: &[&str]) -> Self {
+        self.l1_tools = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// A host file to put in L1 at `dest` (absolute), e.g. a disk image.
+    pub fn l1_file(mut self, dest: &str, host: &Path) -> Self {
+        self.l1_files.push((dest.to_string(), host.to_path_buf()));
+        self
+    }
+
+    /// Shell run in L1 before vireo starts (network namespaces, TAP devices, images…). Its
+    /// output goes to L1's console ([`Outcome::l1_lines`]).
+    pub fn l1_prelude(mut self, script: &str) -> Self {
+        self.l1_prelude = script.to_string();
+        self
+    }
+
+    /// Shell run in L1 while vireo runs (vireo's pid in `$VIREO_PID`), e.g. a host-side
+    /// client of the guest. vireo is waited for after it ends. Output to L1's console.
+    pub fn l1_script(mut self, script: &str) -> Self {
+        self.l1_script = script.to_string();
+        self
+    }
+
+    /// Also put `vireod` and `vireo-vmm` in L1's `/bin`. The scenario's scripts then start
+    /// the daemon and the guests themselves (no `vireo run`) and print `VIREO-EXIT <n>`.
+    pub fn l1_daemon(mut self) -> Self {
+        self.l1_daemon = true;
+        self
+    }
+
+    /// Host programs to put in L2's initramfs (with their libraries, on PATH).
+    pub fn l2_tools(mut self, names: &[&str]) -> Self {
+        self.l2_tools = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// A host file to put in L2's initramfs at `dest` (absolute).
+    pub fn l2_file(mut self, dest: &str, host: &Path) -> Self {
+        self.l2_files.push((dest.to_string(), host.to_path_buf()));
+        self
+    }
+
     /// Builds the images, boots L1 and collects the outcome.
     pub fn run(&self) -> Result<Outcome> {
         if let Some(reason) = skip_reason() {
@@ -237,12 +316,22 @@ impl Scenario {
         ];
         args.extend(self.vireo_args.iter().cloned());
         let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-        let run = format!(
-            "VIREO_LOG={log} /bin/vireo run {args} </dev/null >/dev/ttyS1 2>/dev/ttyS2\n\
-             echo \"VIREO-EXIT $?\"",
+        let vireo = format!(
+            "VIREO_LOG={log} /bin/vireo run {args} </dev/null >/dev/ttyS1 2>/dev/ttyS2",
             log = shell_quote(&self.vireo_log),
             args = args.join(" "),
         );
+        let run = if self.l1_daemon {
+            // The scripts drive vireod themselves and report VIREO-EXIT.
+            format!("{}\n{}", self.l1_prelude, self.l1_script)
+        } else if self.l1_script.is_empty() {
+            format!("{}\n{vireo}\necho \"VIREO-EXIT $?\"", self.l1_prelude)
+        } else {
+            format!(
+                "{}\n{vireo} &\nVIREO_PID=$!\n{}\nwait $VIREO_PID\necho \"VIREO-EXIT $?\"",
+                self.l1_prelude, self.l1_script
+            )
+        };
         // Diagnostics: L1's kvm_exit tracepoint around the run, dumped to vireo's stderr
         // log (every exit of L2 with its reason and guest RIP).
         let run = if std::env::var("VIREO_NESTED_L1_TRACE").as_deref() == Ok("1") {
@@ -255,8 +344,51 @@ impl Scenario {
         } else {
             run
         };
-        l1_initramfs(p, &l2_kernel, &l2_initrd, &l1_initrd, &run, false)?;
+        let extras = self.l1_extras(p)?;
+        l1_initramfs(p, &l2_kernel, &l2_initrd, &l1_initrd, &run, false, &extras)?;
         self.boot_l1(p, &dir, &l1_initrd)
+    }
+
+    /// What this scenario adds to L1's initramfs and init.
+    fn l1_extras(&self, p: &Prepared) -> Result<L1Extras> {
+        let mut files: Vec<(String, PathBuf, u32)> = Vec::new();
+        let mut setup = String::new();
+        if !self.l1_modules.is_empty() {
+            let wanted: Vec<&str> = self.l1_modules.iter().map(String::as_str).collect();
+            let set = modules::resolve(&p.modules_root, &wanted)?;
+            for (dest, host) in &set.files {
+                files.push((dest.clone(), host.clone(), 0o644));
+            }
+            let dep = format!("/lib/modules/{}/modules.dep", set.release);
+            let dep_file = nested_dir()
+                .join("runs")
+                .join(&self.name)
+                .join("l1-modules.dep");
+            fs::write(&dep_file, &set.modules_dep)
+                .map_err(|e| Error(format!("{}: {e}", dep_file.display())))?;
+            files.push((dep, dep_file, 0o644));
+            setup.push_str(&format!(
+                "for m in {}; do modprobe $m || echo \"VIREO-L1-ERROR modprobe $m\"; done\n",
+                wanted.join(" ")
+            ));
+        }
+        files.extend(tool_files(&self.l1_tools)?);
+        for (dest, host) in &self.l1_files {
+            files.push((dest.clone(), host.clone(), 0o644));
+        }
+        if self.l1_daemon {
+            let (vireod, vmm) = daemon_binaries()?;
+            for lib in shared_libraries(&vireod)?
+                .into_iter()
+                .chain(shared_libraries(&vmm)?)
+            {
+                let dest = lib.to_string_lossy().into_owned();
+                files.push((dest, lib, 0o755));
+            }
+            files.push(("/bin/vireod".into(), vireod, 0o755));
+            files.push(("/bin/vireo-vmm".into(), vmm, 0o755));
+        }
+        Ok(L1Extras { files, setup })
     }
 
     fn l2_kernel_path(&self, p: &Prepared) -> Result<PathBuf> {
@@ -361,6 +493,7 @@ impl Scenario {
             "#!/bin/busybox sh\n\
              /bin/busybox mkdir -p /proc /sys /dev /sbin /usr/bin /usr/sbin /tmp\n\
              /bin/busybox --install -s\n\
+             export PATH=/opt/tools/bin:$PATH\n\
              mount -t proc proc /proc\n\
              mount -t sysfs sysfs /sys\n\
              mount -t devtmpfs devtmpfs /dev\n\
@@ -377,9 +510,20 @@ impl Scenario {
             .char_dev("dev/console", 0o600, 5, 1)
             .file("bin/busybox", 0o755, &read(&p.busybox)?)
             .file("init", 0o755, init.as_bytes());
+        let mut seen = vec!["bin".to_string(), "dev".to_string()];
+        let mut extra: Vec<(String, PathBuf, u32)> = tool_files(&self.l2_tools)?;
+        for (dest, host) in &self.l2_files {
+            extra.push((dest.clone(), host.clone(), 0o644));
+        }
+        let mut done = std::collections::BTreeSet::new();
+        for (dest, host, mode) in extra {
+            let dest = dest.trim_start_matches('/').to_string();
+            if done.insert(dest.clone()) {
+                a.parents(&dest, &mut seen).file(&dest, mode, &read(&host)?);
+            }
+        }
         if stock {
             let m = &p.stock_modules;
-            let mut seen = vec!["bin".to_string(), "dev".to_string()];
             for (path, host) in &m.files {
                 a.parents(path, &mut seen).file(path, 0o644, &read(host)?);
             }
@@ -405,6 +549,7 @@ fn l1_initramfs(
     out: &Path,
     run: &str,
     qemu: bool,
+    extras: &L1Extras,
 ) -> Result<()> {
     let modules: Vec<String> = p
         .modules
@@ -415,17 +560,20 @@ fn l1_initramfs(
         "#!/bin/busybox sh\n\
          /bin/busybox mkdir -p /proc /sys /dev /sbin /usr/bin /usr/sbin /tmp\n\
          /bin/busybox --install -s\n\
+         export PATH=/opt/tools/bin:$PATH\n\
          mount -t proc proc /proc\n\
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs devtmpfs /dev\n\
          echo VIREO-L1-INIT\n\
          for m in {modules}; do insmod $m || echo \"VIREO-L1-ERROR insmod $m failed\"; done\n\
+         {setup}\
          if [ ! -c /dev/kvm ]; then echo 'VIREO-L1-ERROR no /dev/kvm'; poweroff -f; fi\n\
          stty -F /dev/ttyS1 raw -echo; stty -F /dev/ttyS2 raw -echo\n\
          echo VIREO-L2-BEGIN\n\
          {run}\n\
          poweroff -f\n",
         modules = modules.join(" "),
+        setup = extras.setup,
     );
     let mut a = cpio::Archive::new();
     let mut seen = Vec::new();
@@ -443,25 +591,87 @@ fn l1_initramfs(
     for m in &p.modules {
         a.file(&format!("lib/nested/{}", file_name(m)), 0o644, &read(m)?);
     }
-    let mut files: Vec<(PathBuf, u32)> = p.libs.iter().map(|l| (l.clone(), 0o755)).collect();
+    let mut files: Vec<(String, PathBuf, u32)> = p
+        .libs
+        .iter()
+        .map(|l| (l.to_string_lossy().into_owned(), l.clone(), 0o755))
+        .collect();
     if qemu {
         let q = qemu_files()?;
-        files.extend(q.into_iter().map(|f| (f, 0o755)));
+        files.extend(
+            q.into_iter()
+                .map(|f| (f.to_string_lossy().into_owned(), f, 0o755)),
+        );
     }
+    files.extend(extras.files.iter().cloned());
     let mut done = std::collections::BTreeSet::new();
-    for (file, mode) in files {
-        if !done.insert(file.clone()) {
+    for (dest, file, mode) in files {
+        let dest = dest.trim_start_matches('/').to_string();
+        if !done.insert(dest.clone()) {
             continue;
         }
-        let s = file.to_string_lossy();
-        let s = s.trim_start_matches('/');
-        a.parents(s, &mut seen).file(s, mode, &read(&file)?);
+        a.parents(&dest, &mut seen).file(&dest, mode, &read(&file)?);
     }
     let mut f = std::io::BufWriter::new(
         fs::File::create(out).map_err(|e| Error(format!("{}: {e}", out.display())))?,
     );
     a.finish(&mut f)
         .map_err(|e| Error(format!("{}: {e}", out.display())))
+}
+
+/// Files and init lines a scenario adds to L1.
+#[derive(Default)]
+struct L1Extras {
+    /// (absolute path in the initramfs, host file, mode)
+    files: Vec<(String, PathBuf, u32)>,
+    /// Shell run after the kvm modules are loaded, before the VMM starts.
+    setup: String,
+}
+
+/// Host programs as initramfs files: each under `/opt/tools/bin/` (on PATH in L1 and L2),
+/// its shared libraries at their own paths.
+fn tool_files(names: &[String]) -> Result<Vec<(String, PathBuf, u32)>> {
+    let mut files = Vec::new();
+    for name in names {
+        let bin = which(name).ok_or_else(|| {
+            Error(format!(
+                "{name} not found on PATH (install the Debian package that has it)"
+            ))
+        })?;
+        for lib in shared_libraries(&bin)? {
+            files.push((lib.to_string_lossy().into_owned(), lib, 0o755));
+        }
+        files.push((format!("/opt/tools/bin/{name}"), bin, 0o755));
+    }
+    Ok(files)
+}
+
+/// `vireod` and `vireo-vmm`, built in release mode like `vireo`.
+fn daemon_binaries() -> Result<(PathBuf, PathBuf)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let target = target_dir();
+    output(
+        Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "vireo-daemon",
+                "-p",
+                "vireo-vmm",
+            ])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(workspace_root()),
+    )?;
+    let (d, v) = (
+        target.join("release/vireod"),
+        target.join("release/vireo-vmm"),
+    );
+    if !d.is_file() || !v.is_file() {
+        return err(format!("{} or {} was not built", d.display(), v.display()));
+    }
+    Ok((d, v))
 }
 
 /// QEMU in L1: the binary, its shared libraries and the firmware that `-M microvm`
@@ -600,7 +810,15 @@ pub fn boot_benchmark(b: &BootBench) -> Result<(Vec<BootSample>, Outcome)> {
     }
     let l1_initrd = dir.join("l1.cpio");
     let qemu = b.vmms.iter().any(|v| *v != Vmm::Vireo);
-    l1_initramfs(p, &l2_kernel, &l2_initrd, &l1_initrd, &run, qemu)?;
+    l1_initramfs(
+        p,
+        &l2_kernel,
+        &l2_initrd,
+        &l1_initrd,
+        &run,
+        qemu,
+        &L1Extras::default(),
+    )?;
     let outcome = scenario.boot_l1(p, &dir, &l1_initrd)?;
     Ok((parse_samples(&outcome.vireo_stderr, &b.vmms), outcome))
 }
@@ -701,6 +919,8 @@ struct Prepared {
     libs: Vec<PathBuf>,
     /// The stock kernel's modules a stock-kernel L2 initramfs carries.
     stock_modules: modules::ModuleSet,
+    /// `lib/modules/<release>` of the kernel package (L1's extra modules come from here).
+    modules_root: PathBuf,
 }
 
 fn prepared() -> Result<&'static Prepared> {
@@ -757,6 +977,7 @@ fn prepare() -> Result<Prepared> {
         boot_timer,
         libs,
         stock_modules,
+        modules_root: release,
     })
 }
 

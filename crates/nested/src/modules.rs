@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 
 use crate::{err, Error, Result};
 
-/// The drivers a stock-kernel L2 loads at boot (module names): vireo's platform
-/// (pvpanic) and paravirtual devices, and ext4 for disk images. `crc32c_generic` stands
+/// The drivers a stock-kernel L2 loads at boot (module names): vireo's platform (ACPI
+/// power button as an input device, pvpanic) and paravirtual devices, and ext4 for disk images. `crc32c_generic` stands
 /// in for ext4's soft dependency on the `crypto-crc32c` alias.
 pub const STOCK_L2_MODULES: &[&str] = &[
+    "button",
+    "evdev",
     "pvpanic_mmio",
     "virtio_pci",
     "virtio_blk",
