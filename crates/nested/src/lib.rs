@@ -426,7 +426,7 @@ impl Scenario {
             .arg("-kernel")
             .arg(&p.bzimage)
             .arg("-initrd")
-            .arg(&l1_initrd)
+            .arg(l1_initrd)
             .args(["-append", "console=ttyS0 panic=-1 loglevel=1"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
