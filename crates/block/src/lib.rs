@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 mod file;
 pub mod import;
+pub mod lock;
 pub mod qcow2;
 pub mod raw;
 
@@ -51,6 +52,8 @@ pub enum Error {
     },
     #[error("backing chain loop: {path} is already part of the chain")]
     BackingLoop { path: PathBuf },
+    #[error("{path}: is locked: {what}")]
+    Locked { path: PathBuf, what: &'static str },
     #[error("{path}: could not determine the image format")]
     UnknownFormat { path: PathBuf },
     #[error("{0}")]
