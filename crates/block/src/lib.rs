@@ -252,26 +252,32 @@ pub fn probe(path: &Path) -> Result<Format> {
     let n = f
         .read_at(&mut b, 0)
         .map_err(|e| Error::io(path, "read", e))?;
-    let b = &b[..n];
+    Ok(probe_bytes(&b[..n]))
+}
+
+/// Guesses an image format from the first bytes of the image (up to 512 are looked at):
+/// [`Format::Raw`] when no other format's signature is there.
+pub fn probe_bytes(b: &[u8]) -> Format {
+    let b = &b[..b.len().min(512)];
     if b.len() >= 4 && b[..4] == qcow2::MAGIC {
-        return Ok(Format::Qcow2);
+        return Format::Qcow2;
     }
     if b.len() >= 4 && b[..4] == import::VMDK_MAGIC {
-        return Ok(Format::Vmdk);
+        return Format::Vmdk;
     }
     if b.starts_with(b"# Disk DescriptorFile") {
-        return Ok(Format::Vmdk);
+        return Format::Vmdk;
     }
     if b.len() >= 68 && u32::from_le_bytes([b[64], b[65], b[66], b[67]]) == import::VDI_SIGNATURE {
-        return Ok(Format::Vdi);
+        return Format::Vdi;
     }
     if b.len() >= 8 && b[..8] == import::VHDX_SIGNATURE {
-        return Ok(Format::Vhdx);
+        return Format::Vhdx;
     }
     if b.len() >= 8 && b[..8] == import::VHD_COOKIE {
-        return Ok(Format::Vpc);
+        return Format::Vpc;
     }
-    Ok(Format::Raw)
+    Format::Raw
 }
 
 /// Opens an image (and its backing chain).
