@@ -167,7 +167,10 @@ mod tests {
         assert!(msg.contains("lock"), "{msg}");
         drop(w);
         let r = ImageLock::acquire(&p, false).unwrap();
-        assert!(!qemu_write().status.success(), "a reader keeps qemu from writing");
+        assert!(
+            !qemu_write().status.success(),
+            "a reader keeps qemu from writing"
+        );
         drop(r);
         assert!(qemu_write().status.success());
 
@@ -191,7 +194,10 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let e = ImageLock::acquire(&p, true).map(|_| ()).unwrap_err().to_string();
+        let e = ImageLock::acquire(&p, true)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         let _ = child.kill();
         let _ = child.wait();
         assert!(err.unwrap_or_default().contains("is writing it"));
