@@ -3,7 +3,8 @@
 # then checks that every tool is really there.
 set -euo pipefail
 # xz-utils..libelf-dev: the nested tier (Debian kernel packages, minimal guest kernel build).
-pkgs=(gcc g++ binutils qemu-utils qemu-system-x86 acpica-tools xz-utils make bc bison flex libelf-dev)
+# socat..iperf3: device tests and benchmarks (vsock and control-socket clients, disk images, network namespaces).
+pkgs=(gcc g++ binutils qemu-utils qemu-system-x86 acpica-tools xz-utils make bc bison flex libelf-dev socat e2fsprogs iproute2 fio iperf3)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 apt_install() {
@@ -26,6 +27,6 @@ have=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
 if [ -n "$want" ] && [ "$want" != "(none)" ] && [ "$have" != "$want" ]; then
     apt_install --allow-downgrades "qemu-utils=$want"
 fi
-for tool in gcc g++ objcopy qemu-img qemu-io qemu-system-x86_64 iasl xz make bc bison flex; do
+for tool in gcc g++ objcopy qemu-img qemu-io qemu-system-x86_64 iasl xz make bc bison flex socat mkfs.ext4 ip fio iperf3; do
     command -v "$tool" >/dev/null || { echo "install-deps: $tool is missing after installing ${pkgs[*]}" >&2; exit 1; }
 done

@@ -110,6 +110,7 @@ pub struct Scenario {
     l1_files: Vec<(String, PathBuf)>,
     l1_prelude: String,
     l1_script: String,
+    l1_epilogue: String,
     /// The management daemon and the VMM binary in L1 (`/bin/vireod`, `/bin/vireo-vmm`).
     l1_daemon: bool,
     /// L2 additions: host programs (with their libraries, on PATH) and files.
@@ -191,6 +192,7 @@ impl Scenario {
             l1_files: Vec::new(),
             l1_prelude: String::new(),
             l1_script: String::new(),
+            l1_epilogue: String::new(),
             l1_daemon: false,
             l2_tools: Vec::new(),
             l2_files: Vec::new(),
@@ -274,6 +276,15 @@ impl Scenario {
         self
     }
 
+    /// Shell run in L1 after vireo ended and `VIREO-EXIT` was printed: checks of the images
+    /// a guest left behind, or a second boot with `run_vireo [EXTRA-ARGS]` (the scenario's
+    /// vireo command; its console also goes to [`Outcome::l2_console`]). Output to L1's
+    /// console.
+    pub fn l1_epilogue(mut self, script: &str) -> Self {
+        self.l1_epilogue = script.to_string();
+        self
+    }
+
     /// Also put `vireod` and `vireo-vmm` in L1's `/bin`. The scenario's scripts then start
     /// the daemon and the guests themselves (no `vireo run`) and print `VIREO-EXIT <n>`.
     pub fn l1_daemon(mut self) -> Self {
@@ -316,8 +327,10 @@ impl Scenario {
         ];
         args.extend(self.vireo_args.iter().cloned());
         let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+        // `run_vireo [EXTRA-ARGS]`: the scenario's vireo command, also for its scripts (a
+        // second boot on the same disk images, say).
         let vireo = format!(
-            "VIREO_LOG={log} /bin/vireo run {args} </dev/null >/dev/ttyS1 2>/dev/ttyS2",
+            "run_vireo() {{ VIREO_LOG={log} /bin/vireo run {args} \"$@\" </dev/null >/dev/ttyS1 2>/dev/ttyS2; }}",
             log = shell_quote(&self.vireo_log),
             args = args.join(" "),
         );
@@ -325,13 +338,17 @@ impl Scenario {
             // The scripts drive vireod themselves and report VIREO-EXIT.
             format!("{}\n{}", self.l1_prelude, self.l1_script)
         } else if self.l1_script.is_empty() {
-            format!("{}\n{vireo}\necho \"VIREO-EXIT $?\"", self.l1_prelude)
+            format!(
+                "{vireo}\n{}\nrun_vireo\necho \"VIREO-EXIT $?\"",
+                self.l1_prelude
+            )
         } else {
             format!(
-                "{}\n{vireo} &\nVIREO_PID=$!\n{}\nwait $VIREO_PID\necho \"VIREO-EXIT $?\"",
+                "{vireo}\n{}\nrun_vireo &\nVIREO_PID=$!\n{}\nwait $VIREO_PID\necho \"VIREO-EXIT $?\"",
                 self.l1_prelude, self.l1_script
             )
         };
+        let run = format!("{run}\n{}", self.l1_epilogue);
         // Diagnostics: L1's kvm_exit tracepoint around the run, dumped to vireo's stderr
         // log (every exit of L2 with its reason and guest RIP).
         let run = if std::env::var("VIREO_NESTED_L1_TRACE").as_deref() == Ok("1") {
@@ -921,6 +938,35 @@ struct Prepared {
     stock_modules: modules::ModuleSet,
     /// `lib/modules/<release>` of the kernel package (L1's extra modules come from here).
     modules_root: PathBuf,
+}
+
+/// The static busybox the harness puts in its initramfs images (for a test's own disk
+/// images).
+pub fn busybox() -> Result<PathBuf> {
+    Ok(prepared()?.busybox.clone())
+}
+
+/// Writes an ext4 file system of `size_mib` MiB to the raw image `out`, populated from the
+/// directory `root` (`mkfs.ext4 -d`), for L2's disks.
+pub fn ext4_image(root: &Path, out: &Path, size_mib: u64) -> Result<()> {
+    let _ = fs::remove_file(out);
+    let f = fs::File::create(out).map_err(|e| Error(format!("{}: {e}", out.display())))?;
+    f.set_len(size_mib << 20)
+        .map_err(|e| Error(format!("{}: {e}", out.display())))?;
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+        .arg(root)
+        .arg(out)
+        .status()
+        .map_err(|e| Error(format!("mkfs.ext4: {e}")))?;
+    if !status.success() {
+        return err(format!(
+            "mkfs.ext4 -d {} {} failed",
+            root.display(),
+            out.display()
+        ));
+    }
+    Ok(())
 }
 
 fn prepared() -> Result<&'static Prepared> {
