@@ -222,3 +222,45 @@ fn no_access_to_dev_kvm() {
     assert!(r.stderr.contains("Permission denied"), "{}", r.describe());
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.describe());
 }
+
+/// Disk backends are opened before KVM: a missing, locked or unsupported image is bad
+/// input naming its --disk flag.
+#[test]
+fn disks_that_cannot_be_opened() {
+    let dir = TempDir::new("baddisk");
+    let missing = dir.path("missing.qcow2");
+    let flag = format!("path={},format=qcow2", missing.display());
+    assert_rejected(
+        &["--kernel", test_guest(), "--disk", &flag],
+        &format!("--disk path={}: ", missing.display()),
+    );
+
+    let vmdk = dir.path("d.vmdk");
+    write_file(&vmdk, b"KDMV");
+    let flag = format!("path={}", vmdk.display());
+    assert_rejected(
+        &["--kernel", test_guest(), "--disk", &flag],
+        "format vmdk cannot back a VM disk",
+    );
+
+    // qcow2 named but the file is not one.
+    let raw = dir.path("d.raw");
+    write_file(&raw, &[0u8; 4096]);
+    let flag = format!("path={},format=qcow2", raw.display());
+    assert_rejected(&["--kernel", test_guest(), "--disk", &flag], "d.raw");
+
+    // Another process (here: this test, as a VM would) writes the image.
+    let lock = vireo_block::lock::ImageLock::acquire(&raw, true).unwrap();
+    let flag = format!("path={},format=raw,readonly=on", raw.display());
+    assert_rejected(&["--kernel", test_guest(), "--disk", &flag], "is locked");
+    drop(lock);
+
+    assert_rejected(
+        &["--kernel", test_guest(), "--disk", "path=/x,serial=a\tb"],
+        "serial 'a\\tb' is not valid",
+    );
+    assert_rejected(
+        &["--kernel", test_guest(), "--disk", "path=/x,format=vhd"],
+        "format=vhd: use raw or qcow2",
+    );
+}

@@ -11,11 +11,12 @@ use clap::Args;
 use vireo_hypervisor::CpuTemplate;
 
 use crate::config::{
-    parse_size, ConfigError, ConsoleConfig, VmConfig, VmmOptions, DEFAULT_CMDLINE,
+    parse_size, ConfigError, ConsoleConfig, DiskConfig, VmConfig, VmmOptions, DEFAULT_CMDLINE,
 };
 
 /// The flags that `--config` replaces.
-const VM_FLAGS: [&str; 7] = [
+const VM_FLAGS: [&str; 8] = [
+    "disks",
     "kernel",
     "initrd",
     "cmdline",
@@ -60,6 +61,12 @@ pub struct RunArgs {
     /// Exit (status 0) when the guest resets instead of restarting it.
     #[arg(long)]
     pub no_reboot: bool,
+    /// A virtio-blk disk (repeatable; vda, vdb, … in order):
+    /// path=FILE[,format=raw|qcow2][,readonly=on][,serial=S][,queues=N]. Without format
+    /// the image is probed (unsafe for raw images: give format=). `,,` is a comma in a
+    /// value.
+    #[arg(long = "disk", value_name = "path=FILE,…")]
+    pub disks: Vec<DiskConfig>,
     /// Listen for control commands (JSON, one per line) on this unix socket; SIGHUP is then
     /// ignored (see docs/vmm-api.md).
     #[arg(long, value_name = "PATH")]
@@ -100,6 +107,7 @@ impl RunArgs {
                 console_log: None,
                 cpu_template: self.cpu_template,
                 no_reboot: self.no_reboot,
+                disks: self.disks.clone(),
                 ..Default::default()
             },
         };
@@ -161,6 +169,63 @@ mod tests {
     }
 
     #[test]
+    fn disk_flags() {
+        use crate::config::DiskFormat;
+        let a = parse(&[
+            "--kernel",
+            "/k",
+            "--disk",
+            "path=/img/a.qcow2,format=qcow2,serial=root disk,queues=4",
+            "--disk",
+            "/img/b,,c.raw,readonly=on,format=raw",
+            "--disk",
+            "file=/img/c",
+        ])
+        .unwrap();
+        let c = a.vm_config().unwrap();
+        assert_eq!(
+            c.disks,
+            vec![
+                DiskConfig {
+                    path: "/img/a.qcow2".into(),
+                    format: Some(DiskFormat::Qcow2),
+                    readonly: false,
+                    serial: Some("root disk".into()),
+                    queues: Some(4),
+                },
+                DiskConfig {
+                    path: "/img/b,c.raw".into(),
+                    format: Some(DiskFormat::Raw),
+                    readonly: true,
+                    ..Default::default()
+                },
+                DiskConfig {
+                    path: "/img/c".into(),
+                    ..Default::default()
+                },
+            ]
+        );
+        for (bad, why) in [
+            ("format=raw", "path=… is missing"),
+            ("path=/d,format=vmdk", "format=vmdk: use raw or qcow2"),
+            ("path=/d,readonly=maybe", "readonly=maybe: use on or off"),
+            ("path=/d,cache=none", "unknown key 'cache'"),
+            (
+                "path=/d,serial=123456789012345678901",
+                "serial '123456789012345678901'",
+            ),
+            ("path=/d,queues=0", "queues=0 is out of range"),
+            ("path=/d,queues=17", "queues=17 is out of range"),
+            ("path=/d,queues=x", "queues=x: not a number"),
+            ("path=", "path is empty"),
+            ("path=/d,junk", "'junk' is not key=value"),
+        ] {
+            let e = parse(&["--kernel", "/k", "--disk", bad]).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn config_conflicts_with_vm_flags_but_not_with_wiring_flags() {
         for flag in [
             &["--kernel", "/k"][..],
@@ -170,6 +235,7 @@ mod tests {
             &["--initrd", "/i"],
             &["--cpu-template", "baseline"],
             &["--no-reboot"],
+            &["--disk", "path=/d"],
         ] {
             let mut args = vec!["--config", "/c.json"];
             args.extend_from_slice(flag);

@@ -11,6 +11,8 @@ pub use devices::{BalloonConfig, DiskConfig, DiskFormat, NetConfig, RngConfig, V
 
 /// Smallest guest RAM vireo accepts: the 1 MiB legacy area plus room for a small kernel.
 pub const MIN_MEMORY: u64 = 8 << 20;
+/// Most virtio-blk disks of one VM (each takes a PCI slot).
+pub const MAX_DISKS: usize = 16;
 /// Highest vCPU count: APIC IDs are 8-bit xAPIC IDs (0..=254; 255 is broadcast).
 pub const MAX_XAPIC_CPUS: u32 = 255;
 /// Kernel command line used when none is given.
@@ -242,6 +244,9 @@ pub fn format_size(bytes: u64) -> String {
 /// A configuration problem, reported as one line naming the flag.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// A device flag (`--disk`, …) that cannot work whatever the host.
+    #[error("{0}")]
+    Device(String),
     #[error("--config {}: {why}", path.display())]
     File { path: PathBuf, why: String },
     #[error("--memory must be at least {} (got {})", format_size(MIN_MEMORY), format_size(*.0))]
@@ -272,6 +277,15 @@ impl VmConfig {
         }
         if self.cpus == 0 {
             return Err(ConfigError::NoCpus);
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::Device(format!(
+                "{} disks: at most {MAX_DISKS} are supported",
+                self.disks.len()
+            )));
+        }
+        for d in &self.disks {
+            d.validate().map_err(ConfigError::Device)?;
         }
         let (limit, why) = if kvm_max_vcpus < MAX_XAPIC_CPUS {
             (
@@ -445,9 +459,10 @@ mod tests {
         let c = VmConfig {
             disks: vec![DiskConfig {
                 path: "/img/a.qcow2".into(),
-                format: DiskFormat::Qcow2,
+                format: Some(DiskFormat::Qcow2),
                 readonly: true,
                 serial: Some("s1".into()),
+                queues: Some(2),
             }],
             nets: vec![NetConfig::default()],
             rng: Some(RngConfig::default()),
@@ -465,7 +480,7 @@ mod tests {
         let c =
             VmConfig::from_json(br#"{"kernel":"/k","rng":{},"disks":[{"path":"/d"}]}"#).unwrap();
         assert_eq!(c.rng, Some(RngConfig {}));
-        assert_eq!(c.disks[0].format, DiskFormat::Raw);
+        assert_eq!(c.disks[0].format, None, "probed");
         assert!(c.nets.is_empty() && c.vsock.is_none() && !c.virtio_console);
         let e = VmConfig::from_json(br#"{"kernel":"/k","rng":{"rate":1}}"#).unwrap_err();
         assert!(e.contains("unknown field `rate`"), "{e}");

@@ -8,6 +8,7 @@
 //! drives a running VMM.
 
 pub mod api;
+pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod conn;
@@ -45,6 +46,9 @@ pub enum VmmError {
     Acpi(String),
     #[error("cannot set up devices: {0}")]
     Device(String),
+    /// A device backend (disk image, …) cannot be opened; the message names the flag.
+    #[error("{0}")]
+    Backend(String),
     #[error("cannot open the console: {0}")]
     Console(#[source] std::io::Error),
     #[error("{0}")]
@@ -172,6 +176,8 @@ fn boot_loop(
     let stop_signals = signals::stop_signalfd(stop_set)?;
     // The sockets before KVM: a bad socket path is bad input, reported on any machine.
     let ctl = slot.insert(Controller::new(config, options, stop_signals)?);
+    // Backends before KVM too: a missing or locked image is bad input.
+    let _backends = backends::Backends::open(config)?;
     let kvm = open_kvm()?;
     config.validate(
         host_memory_bytes(),

@@ -18,18 +18,142 @@ pub enum DiskFormat {
     Qcow2,
 }
 
-/// One virtio-blk disk (`--disk path=…,format=raw|qcow2,readonly=on,serial=…`).
+impl DiskFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// One virtio-blk disk (`--disk path=…,format=raw|qcow2,readonly=on,serial=…,queues=N`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     pub path: PathBuf,
-    #[serde(default)]
-    pub format: DiskFormat,
+    /// `None`: probed when the VMM starts, with a warning (a guest can rewrite what a
+    /// probe of a raw image sees; see docs/devices.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
     #[serde(default)]
     pub readonly: bool,
-    /// Serial id the guest sees (`/sys/block/vdX/serial`).
-    #[serde(default)]
+    /// Serial id the guest sees (`/sys/block/vdX/serial`): at most 20 printable ASCII
+    /// characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// Request queues (1..=16, each served by a host thread); `None`: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u16>,
+}
+
+/// Most request queues of one disk.
+pub const MAX_DISK_QUEUES: u16 = 16;
+/// Longest serial a virtio-blk disk can report (GET_ID's 20 bytes).
+pub const MAX_SERIAL_LEN: usize = 20;
+
+impl DiskConfig {
+    /// The flag as a user would write it, for error messages: `--disk path=…`.
+    pub fn flag(&self) -> String {
+        format!("--disk path={}", self.path.display())
+    }
+
+    /// Checks what can be checked without opening the image.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err("--disk: path is empty".into());
+        }
+        if let Some(s) = &self.serial {
+            if s.len() > MAX_SERIAL_LEN || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+                return Err(format!(
+                    "{}: serial '{}' is not valid (at most {MAX_SERIAL_LEN} printable ASCII \
+                     characters)",
+                    self.flag(),
+                    s.escape_default()
+                ));
+            }
+        }
+        if let Some(q) = self.queues {
+            if !(1..=MAX_DISK_QUEUES).contains(&q) {
+                return Err(format!(
+                    "{}: queues={q} is out of range (1..={MAX_DISK_QUEUES})",
+                    self.flag()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits `a=1,b=2` into pairs; `,,` stands for a comma inside a value (as in QEMU), so
+/// any path can be written.
+fn key_values(s: &str) -> Vec<String> {
+    let mut items = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                items.last_mut().unwrap().push(',');
+            } else {
+                items.push(String::new());
+            }
+        } else {
+            items.last_mut().unwrap().push(c);
+        }
+    }
+    items
+}
+
+fn on_off(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("--disk: {key}={v}: use on or off")),
+    }
+}
+
+/// `--disk path=…[,format=raw|qcow2][,readonly=on|off][,serial=…][,queues=N]`; a bare
+/// first item is the path.
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut d = DiskConfig::default();
+        let mut path = None;
+        for (i, item) in key_values(s).into_iter().enumerate() {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None if i == 0 => ("path".to_string(), item),
+                None => return Err(format!("--disk: '{item}' is not key=value")),
+            };
+            match key.as_str() {
+                "path" | "file" => path = Some(PathBuf::from(value)),
+                "format" => {
+                    d.format = Some(match value.as_str() {
+                        "raw" => DiskFormat::Raw,
+                        "qcow2" => DiskFormat::Qcow2,
+                        _ => return Err(format!("--disk: format={value}: use raw or qcow2")),
+                    })
+                }
+                "readonly" | "ro" => d.readonly = on_off(&key, &value)?,
+                "serial" => d.serial = Some(value),
+                "queues" | "num_queues" => {
+                    d.queues =
+                        Some(value.parse().map_err(|_| {
+                            format!("--disk: queues={value}: not a number of queues")
+                        })?)
+                }
+                _ => {
+                    return Err(format!(
+                        "--disk: unknown key '{key}' (use path, format, readonly, serial, queues)"
+                    ))
+                }
+            }
+        }
+        d.path = path.ok_or("--disk: path=… is missing")?;
+        d.validate()?;
+        Ok(d)
+    }
 }
 
 /// One virtio-net interface on a TAP device (`--net tap=NAME|auto,mac=…`).

@@ -1,0 +1,38 @@
+//! Device backends: what a VM's devices use on the host (disk images, …). They are opened
+//! ONCE, when the VMM starts and before KVM is touched — a bad path, a locked image or an
+//! unsupported format is reported as bad input naming its flag — and live until the VMM
+//! exits: a guest reset rebuilds the device models, which take the same backends.
+
+use std::sync::Arc;
+
+use vireo_devices::virtio::block::{Disk, DiskOptions};
+
+use crate::config::{DiskFormat, VmConfig};
+use crate::VmmError;
+
+/// Every backend of the VM.
+#[derive(Debug, Default)]
+pub struct Backends {
+    /// One per `VmConfig::disks` entry, in the same order, with its queue count.
+    pub disks: Vec<(Arc<Disk>, u16)>,
+}
+
+impl Backends {
+    pub fn open(config: &VmConfig) -> Result<Backends, VmmError> {
+        let mut b = Backends::default();
+        for d in &config.disks {
+            let disk = Disk::open(&DiskOptions {
+                path: d.path.clone(),
+                format: d.format.map(|f| match f {
+                    DiskFormat::Raw => vireo_block::Format::Raw,
+                    DiskFormat::Qcow2 => vireo_block::Format::Qcow2,
+                }),
+                read_only: d.readonly,
+                serial: d.serial.clone(),
+            })
+            .map_err(|e| VmmError::Backend(format!("{}: {e}", d.flag())))?;
+            b.disks.push((Arc::new(disk), d.queues.unwrap_or(1)));
+        }
+        Ok(b)
+    }
+}
