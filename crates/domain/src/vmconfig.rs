@@ -5,6 +5,8 @@
 //! balloon), their arms fill the new fields instead.
 
 use vireo_hypervisor::CpuTemplate;
+use vireo_vmm::config::devices::{MAX_DISK_QUEUES, MAX_SERIAL_LEN};
+use vireo_vmm::config::{DiskConfig, DiskFormat as VmmDiskFormat};
 use vireo_vmm::{ConsoleConfig, VmConfig};
 
 use crate::error::DomainError;
@@ -63,6 +65,14 @@ impl Domain {
         for d in &self.devices {
             device(d, &mut cfg)?;
         }
+        // The guest names virtio disks in PCI order: vda first.
+        let mut disks: Vec<&Disk> = self.disks().collect();
+        disks.sort_by(|a, b| {
+            (a.target.dev.len(), &a.target.dev).cmp(&(b.target.dev.len(), &b.target.dev))
+        });
+        for d in disks {
+            cfg.disks.push(disk(d)?);
+        }
         Ok(cfg)
     }
 }
@@ -71,10 +81,8 @@ impl Domain {
 fn device(d: &Device, _cfg: &mut VmConfig) -> Result<(), DomainError> {
     const LATER: &str = "vireo-vmm has no virtio devices yet (they come with virtio-pci)";
     match d {
-        Device::Disk(disk) => Err(DomainError::not_runnable(
-            format!("/domain/devices/disk (target '{}')", disk.target.dev),
-            LATER,
-        )),
+        // Added in target order by to_vm_config.
+        Device::Disk(_) => Ok(()),
         Device::Interface(i) => Err(DomainError::not_runnable(
             format!("/domain/devices/interface (mac '{}')", i.mac),
             LATER,
@@ -92,4 +100,48 @@ fn device(d: &Device, _cfg: &mut VmConfig) -> Result<(), DomainError> {
         Device::Serial(_) | Device::Console(_) => Ok(()),
         Device::Memballoon(_) | Device::Other(_) => Ok(()),
     }
+}
+
+/// `<disk type='file|block' device='disk'>` → a virtio-blk disk: `<source>` is the image,
+/// `<driver type>` its format (raw when absent, as libvirt assumes: vireo never probes a
+/// domain's disk), `<readonly/>`, `<serial>`, `<driver queues>`.
+fn disk(d: &Disk) -> Result<DiskConfig, DomainError> {
+    let at = format!("/domain/devices/disk[target/@dev='{}']", d.target.dev);
+    if let Some(s) = &d.serial {
+        if s.len() > MAX_SERIAL_LEN || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(DomainError::invalid(
+                format!("{at}/serial"),
+                format!(
+                    "'{s}' is not a virtio-blk serial (at most {MAX_SERIAL_LEN} printable ASCII \
+                     characters)"
+                ),
+            ));
+        }
+    }
+    let queues = match d
+        .driver
+        .as_ref()
+        .and_then(|dr| dr.extra_attrs.iter().find(|(k, _)| k == "queues"))
+    {
+        None => None,
+        Some((_, v)) => match v.parse::<u16>() {
+            Ok(q) if (1..=MAX_DISK_QUEUES).contains(&q) => Some(q),
+            _ => {
+                return Err(DomainError::invalid(
+                    format!("{at}/driver/@queues"),
+                    format!("'{v}' is not a queue count (1..={MAX_DISK_QUEUES})"),
+                ))
+            }
+        },
+    };
+    Ok(DiskConfig {
+        path: d.source.clone(),
+        format: Some(match d.format() {
+            DiskFormat::Raw => VmmDiskFormat::Raw,
+            DiskFormat::Qcow2 => VmmDiskFormat::Qcow2,
+        }),
+        readonly: d.readonly,
+        serial: d.serial.clone(),
+        queues,
+    })
 }

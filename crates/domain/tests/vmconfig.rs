@@ -94,10 +94,6 @@ fn cpu_modes_reboot_and_vcpus() {
 fn devices_the_vmm_cannot_run_yet_are_named() {
     let cases = [
         (
-            "<disk type='file' device='disk'><source file='/d.qcow2'/><target dev='vdb' bus='virtio'/></disk>",
-            "/domain/devices/disk (target 'vdb') cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci)",
-        ),
-        (
             "<interface type='network'><mac address='52:54:00:00:00:09'/><source network='default'/><model type='virtio'/></interface>",
             "/domain/devices/interface (mac '52:54:00:00:00:09') cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci)",
         ),
@@ -134,9 +130,68 @@ fn devices_the_vmm_cannot_run_yet_are_named() {
         .unwrap_err();
     assert!(
         e.to_string()
-            .starts_with("/domain/devices/disk (target 'vda') cannot be run yet"),
+            .starts_with("/domain/devices/interface (mac '52:54:00:"),
         "{e}"
     );
+}
+
+#[test]
+fn disks_map_in_target_order() {
+    use vireo_vmm::config::{DiskConfig, DiskFormat};
+    let c = small(
+        "",
+        "restart",
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2' queues='4'/>\
+         <source file='/img/b.qcow2'/><target dev='vdb' bus='virtio'/><serial>data-1</serial></disk>\
+         <disk type='block' device='disk'><source dev='/dev/sdz'/><target dev='vdaa'/><readonly/></disk>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>\
+         <source file='/img/a.raw'/><target dev='vda' bus='virtio'/><boot order='1'/></disk>",
+    )
+    .to_vm_config(ConsoleConfig::Stdio)
+    .unwrap();
+    assert_eq!(
+        c.disks,
+        vec![
+            DiskConfig {
+                path: "/img/a.raw".into(),
+                format: Some(DiskFormat::Raw),
+                ..Default::default()
+            },
+            DiskConfig {
+                path: "/img/b.qcow2".into(),
+                format: Some(DiskFormat::Qcow2),
+                serial: Some("data-1".into()),
+                queues: Some(4),
+                ..Default::default()
+            },
+            DiskConfig {
+                // No <driver type>: raw, as libvirt assumes (never probed).
+                path: "/dev/sdz".into(),
+                format: Some(DiskFormat::Raw),
+                readonly: true,
+                ..Default::default()
+            },
+        ]
+    );
+    let disk = |inner: &str| {
+        small(
+            "",
+            "restart",
+            &format!("<disk type='file' device='disk'><source file='/d'/><target dev='vda'/>{inner}</disk>"),
+        )
+        .to_vm_config(ConsoleConfig::Stdio)
+        .unwrap_err()
+        .to_string()
+    };
+    let e = disk("<serial>this-serial-is-too-long-for-virtio</serial>");
+    assert!(
+        e.contains("/domain/devices/disk[target/@dev='vda']/serial") && e.contains("at most 20"),
+        "{e}"
+    );
+    for q in ["0", "17", "many"] {
+        let e = disk(&format!("<driver name='qemu' queues='{q}'/>"));
+        assert!(e.contains("driver/@queues") && e.contains(q), "{e}");
+    }
 }
 
 #[test]
