@@ -6,6 +6,7 @@
 
 use vireo_hypervisor::CpuTemplate;
 use vireo_vmm::config::devices::{MAX_DISK_QUEUES, MAX_SERIAL_LEN};
+use vireo_vmm::config::NetConfig;
 use vireo_vmm::config::{DiskConfig, DiskFormat as VmmDiskFormat};
 use vireo_vmm::{ConsoleConfig, VmConfig};
 
@@ -78,15 +79,15 @@ impl Domain {
 }
 
 /// Adds one device to the configuration, or says why the VMM cannot run it yet.
-fn device(d: &Device, _cfg: &mut VmConfig) -> Result<(), DomainError> {
+fn device(d: &Device, cfg: &mut VmConfig) -> Result<(), DomainError> {
     const LATER: &str = "vireo-vmm has no virtio devices yet (they come with virtio-pci)";
     match d {
         // Added in target order by to_vm_config.
         Device::Disk(_) => Ok(()),
-        Device::Interface(i) => Err(DomainError::not_runnable(
-            format!("/domain/devices/interface (mac '{}')", i.mac),
-            LATER,
-        )),
+        Device::Interface(i) => {
+            cfg.nets.push(interface(i)?);
+            Ok(())
+        }
         Device::Rng(_) => Err(DomainError::not_runnable("/domain/devices/rng", LATER)),
         Device::Vsock(_) => Err(DomainError::not_runnable("/domain/devices/vsock", LATER)),
         Device::Memballoon(Memballoon {
@@ -143,5 +144,42 @@ fn disk(d: &Disk) -> Result<DiskConfig, DomainError> {
         readonly: d.readonly,
         serial: d.serial.clone(),
         queues,
+    })
+}
+
+/// `<interface>` → a virtio-net on a TAP (`<model>` is virtio or absent: the parser
+/// refuses others).
+///
+/// * `type='ethernet'`: `<target dev>` names an existing TAP (vireo does not create named
+///   TAPs); without it vireo creates `vireo-tapN`.
+/// * `type='bridge'`: vireo creates a TAP (or uses `<target dev>`) and adds it to the
+///   `<source bridge>` when the VM starts.
+/// * `type='network'`: libvirt-style virtual networks do not exist in vireo yet.
+///
+/// A `<target dev>` named `vnet…` or `vireo-tap…` is a name a previous run generated
+/// (libvirt writes `vnetN` back into live XML and regenerates it on start): vireo creates
+/// a fresh TAP instead of looking for that one.
+fn interface(i: &Interface) -> Result<NetConfig, DomainError> {
+    let bridge =
+        match i.kind {
+            InterfaceType::Ethernet => None,
+            InterfaceType::Bridge => i.source.clone(),
+            InterfaceType::Network => return Err(DomainError::not_runnable(
+                format!(
+                    "/domain/devices/interface[@type='network'] (network '{}')",
+                    i.source.as_deref().unwrap_or_default()
+                ),
+                "vireo has no virtual networks yet: use type='bridge' with <source bridge=…/>, \
+                 or type='ethernet' with <target dev=…/> naming a TAP",
+            )),
+        };
+    let tap = i
+        .target_dev
+        .clone()
+        .filter(|dev| !dev.starts_with("vnet") && !dev.starts_with("vireo-tap"));
+    Ok(NetConfig {
+        tap,
+        mac: Some(i.mac.to_string()),
+        bridge,
     })
 }

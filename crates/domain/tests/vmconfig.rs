@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use vireo_domain::Domain;
 use vireo_hypervisor::CpuTemplate;
+use vireo_vmm::config::NetConfig;
 use vireo_vmm::{ConsoleConfig, VmConfig};
 
 fn corpus(name: &str) -> Domain {
@@ -95,7 +96,7 @@ fn devices_the_vmm_cannot_run_yet_are_named() {
     let cases = [
         (
             "<interface type='network'><mac address='52:54:00:00:00:09'/><source network='default'/><model type='virtio'/></interface>",
-            "/domain/devices/interface (mac '52:54:00:00:00:09') cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci)",
+            "/domain/devices/interface[@type='network'] (network 'default') cannot be run yet: vireo has no virtual networks yet: use type='bridge' with <source bridge=…/>, or type='ethernet' with <target dev=…/> naming a TAP",
         ),
         (
             "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
@@ -129,8 +130,9 @@ fn devices_the_vmm_cannot_run_yet_are_named() {
         .to_vm_config(ConsoleConfig::Stdio)
         .unwrap_err();
     assert!(
-        e.to_string()
-            .starts_with("/domain/devices/interface (mac '52:54:00:"),
+        e.to_string().starts_with(
+            "/domain/devices/interface[@type='network'] (network 'default') cannot be run yet"
+        ),
         "{e}"
     );
 }
@@ -192,6 +194,56 @@ fn disks_map_in_target_order() {
         let e = disk(&format!("<driver name='qemu' queues='{q}'/>"));
         assert!(e.contains("driver/@queues") && e.contains(q), "{e}");
     }
+}
+
+#[test]
+fn interfaces_become_virtio_nets_on_taps() {
+    let c = small(
+        "",
+        "restart",
+        "<interface type='ethernet'><mac address='52:54:00:00:00:01'/><target dev='tap7'/><model type='virtio'/></interface>\
+         <interface type='ethernet'><mac address='52:54:00:00:00:02'/></interface>\
+         <interface type='bridge'><mac address='52:54:00:00:00:03'/><source bridge='br0'/><model type='virtio'/></interface>\
+         <interface type='bridge'><mac address='52:54:00:00:00:04'/><source bridge='br1'/><target dev='vnet3'/></interface>\
+         <interface type='bridge'><mac address='52:54:00:00:00:05'/><source bridge='br1'/><target dev='mytap'/></interface>",
+    )
+    .to_vm_config(ConsoleConfig::Stdio)
+    .unwrap();
+    let net = |tap: Option<&str>, mac: &str, bridge: Option<&str>| NetConfig {
+        tap: tap.map(String::from),
+        mac: Some(mac.into()),
+        bridge: bridge.map(String::from),
+    };
+    assert_eq!(
+        c.nets,
+        vec![
+            net(Some("tap7"), "52:54:00:00:00:01", None),
+            net(None, "52:54:00:00:00:02", None),
+            net(None, "52:54:00:00:00:03", Some("br0")),
+            // A libvirt-generated name: vireo makes a fresh TAP.
+            net(None, "52:54:00:00:00:04", Some("br1")),
+            net(Some("mytap"), "52:54:00:00:00:05", Some("br1")),
+        ]
+    );
+    // What the VMM then checks passes: the domain's names and MACs are valid flags.
+    c.validate(u64::MAX, 8).unwrap();
+    // Without <mac>, the domain generated one, which the configuration carries.
+    let c = small("", "restart", "<interface type='ethernet'/>")
+        .to_vm_config(ConsoleConfig::Stdio)
+        .unwrap();
+    assert!(c.nets[0].mac.as_deref().unwrap().starts_with("52:54:00:"));
+    // A model other than virtio is refused when the XML is read.
+    let e = Domain::from_xml(
+        &SMALL
+            .replace("CPU", "")
+            .replace("REBOOT", "restart")
+            .replace(
+                "DEVICES",
+                "<interface type='ethernet'><model type='e1000'/></interface>",
+            ),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("virtio"), "{e}");
 }
 
 #[test]

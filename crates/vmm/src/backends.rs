@@ -1,4 +1,4 @@
-//! Device backends: what a VM's devices use on the host (disk images, …). They are opened
+//! Device backends: what a VM's devices use on the host (disk images, TAPs, …). They are opened
 //! ONCE, when the VMM starts and before KVM is touched — a bad path, a locked image or an
 //! unsupported format is reported as bad input naming its flag — and live until the VMM
 //! exits: a guest reset rebuilds the device models, which take the same backends.
@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use vireo_devices::virtio::block::{Disk, DiskOptions};
+use vireo_devices::virtio::net::NetBackend;
 
 use crate::config::{DiskFormat, VmConfig};
 use crate::VmmError;
@@ -15,6 +16,8 @@ use crate::VmmError;
 pub struct Backends {
     /// One per `VmConfig::disks` entry, in the same order, with its queue count.
     pub disks: Vec<(Arc<Disk>, u16)>,
+    /// One per `VmConfig::nets` entry, in the same order (see [`crate::net`]).
+    pub nets: Vec<Arc<NetBackend>>,
 }
 
 impl Backends {
@@ -33,6 +36,7 @@ impl Backends {
             .map_err(|e| VmmError::Backend(format!("{}: {e}", d.flag())))?;
             b.disks.push((Arc::new(disk), d.queues.unwrap_or(1)));
         }
+        b.nets = crate::net::open_backends(&config.nets)?;
         Ok(b)
     }
 }

@@ -11,11 +11,12 @@ use clap::Args;
 use vireo_hypervisor::CpuTemplate;
 
 use crate::config::{
-    parse_size, ConfigError, ConsoleConfig, DiskConfig, VmConfig, VmmOptions, DEFAULT_CMDLINE,
+    parse_size, ConfigError, ConsoleConfig, DiskConfig, NetConfig, VmConfig, VmmOptions,
+    DEFAULT_CMDLINE,
 };
 
 /// The flags that `--config` replaces.
-const VM_FLAGS: [&str; 8] = [
+const VM_FLAGS: [&str; 9] = [
     "disks",
     "kernel",
     "initrd",
@@ -24,6 +25,7 @@ const VM_FLAGS: [&str; 8] = [
     "cpus",
     "cpu_template",
     "no_reboot",
+    "nets",
 ];
 
 /// Flags describing a one-off VM.
@@ -67,6 +69,11 @@ pub struct RunArgs {
     /// value.
     #[arg(long = "disk", value_name = "path=FILE,…")]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-net interface on a TAP (repeatable): tap=auto creates vireo-tapN (needs
+    /// CAP_NET_ADMIN), tap=NAME attaches to an existing TAP; mac= defaults to a
+    /// generated 52:54:00:xx:xx:xx; bridge=BR adds the TAP to a host bridge.
+    #[arg(long = "net", value_name = "tap=NAME|auto,mac=MAC,bridge=BR")]
+    pub nets: Vec<NetConfig>,
     /// Listen for control commands (JSON, one per line) on this unix socket; SIGHUP is then
     /// ignored (see docs/vmm-api.md).
     #[arg(long, value_name = "PATH")]
@@ -108,6 +115,7 @@ impl RunArgs {
                 cpu_template: self.cpu_template,
                 no_reboot: self.no_reboot,
                 disks: self.disks.clone(),
+                nets: self.nets.clone(),
                 ..Default::default()
             },
         };
@@ -165,6 +173,24 @@ mod tests {
         assert!(o.start_paused);
         let c = parse(&["--kernel", "/k"]).unwrap().vm_config().unwrap();
         assert_eq!(c.console, ConsoleConfig::Stdio);
+        assert!(c.nets.is_empty());
+        let c = parse(&[
+            "--kernel",
+            "/k",
+            "--net",
+            "tap=auto",
+            "--net",
+            "tap=tap7,mac=52:54:00:00:00:07",
+        ])
+        .unwrap()
+        .vm_config()
+        .unwrap();
+        assert_eq!(c.nets.len(), 2);
+        assert_eq!(c.nets[0].tap, None);
+        assert_eq!(c.nets[1].tap.as_deref(), Some("tap7"));
+        assert_eq!(c.nets[1].mac.as_deref(), Some("52:54:00:00:00:07"));
+        let e = parse(&["--kernel", "/k", "--net", "mac=ff:ff:ff:ff:ff:ff"]).unwrap_err();
+        assert!(e.contains("--net") && e.contains("multicast"), "{e}");
         assert_eq!(c.memory, crate::config::DEFAULT_MEMORY);
     }
 
@@ -236,6 +262,7 @@ mod tests {
             &["--cpu-template", "baseline"],
             &["--no-reboot"],
             &["--disk", "path=/d"],
+            &["--net", "tap=auto"],
         ] {
             let mut args = vec!["--config", "/c.json"];
             args.extend_from_slice(flag);

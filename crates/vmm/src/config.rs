@@ -261,6 +261,10 @@ pub enum ConfigError {
         limit: u32,
         why: String,
     },
+    /// A `--net` (or `nets[]` entry of a JSON configuration) that cannot work; `index`
+    /// counts from 1 in flag order.
+    #[error("--net #{index}: {why}")]
+    Net { index: usize, why: String },
 }
 
 impl VmConfig {
@@ -304,6 +308,10 @@ impl VmConfig {
                 limit,
                 why,
             });
+        }
+        for (i, net) in self.nets.iter().enumerate() {
+            net.check()
+                .map_err(|why| ConfigError::Net { index: i + 1, why })?;
         }
         Ok(())
     }
@@ -395,6 +403,24 @@ mod tests {
         .validate(host, 1024)
         .unwrap_err();
         assert_eq!(e, ConfigError::NoCpus);
+        // A JSON configuration's nets get the flag's checks.
+        let e = VmConfig {
+            nets: vec![
+                NetConfig::default(),
+                NetConfig {
+                    mac: Some("52:54:00:zz:00:00".into()),
+                    ..Default::default()
+                },
+            ],
+            ..config()
+        }
+        .validate(host, 1024)
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--net #2: invalid MAC address '52:54:00:zz:00:00'"),
+            "{e}"
+        );
         let e = VmConfig {
             cpus: 300,
             ..config()

@@ -15,6 +15,7 @@ pub mod conn;
 pub mod console;
 pub mod controller;
 pub mod exit_file;
+pub mod net;
 pub mod signals;
 pub mod vcpu_thread;
 pub mod vm_builder;
@@ -176,8 +177,15 @@ fn boot_loop(
     let stop_signals = signals::stop_signalfd(stop_set)?;
     // The sockets before KVM: a bad socket path is bad input, reported on any machine.
     let ctl = slot.insert(Controller::new(config, options, stop_signals)?);
-    // Backends before KVM too: a missing or locked image is bad input.
-    let _backends = backends::Backends::open(config)?;
+    // Backends before KVM too: a missing or locked image, a missing TAP, is bad input.
+    let backends = backends::Backends::open(config)?;
+    if !backends.nets.is_empty() {
+        // Until the virtio-pci transport is in the device manager.
+        return Err(VmmError::Device(
+            "--net: virtio-net needs the virtio-pci transport, which this build does not have yet"
+                .into(),
+        ));
+    }
     let kvm = open_kvm()?;
     config.validate(
         host_memory_bytes(),

@@ -156,16 +156,76 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
-/// One virtio-net interface on a TAP device (`--net tap=NAME|auto,mac=…`).
+/// One virtio-net interface on a TAP device (`--net tap=NAME|auto,mac=…,bridge=…`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
-    /// An existing TAP device's name; `None`: vireo creates one.
+    /// An existing TAP device's name; `None`: vireo creates one (`vireo-tapN`, deleted
+    /// when the VMM exits).
     #[serde(default)]
     pub tap: Option<String>,
-    /// MAC address as `xx:xx:xx:xx:xx:xx`; `None`: one is generated.
+    /// MAC address as `xx:xx:xx:xx:xx:xx`; `None`: one is generated (derived from a named
+    /// TAP's name, so the same on every start; random for `tap=auto`).
     #[serde(default)]
     pub mac: Option<String>,
+    /// A host bridge the TAP is added to when the VMM starts (needs CAP_NET_ADMIN).
+    #[serde(default)]
+    pub bridge: Option<String>,
+}
+
+impl NetConfig {
+    /// Checks names and the MAC address without touching the host.
+    pub fn check(&self) -> Result<(), String> {
+        use vireo_devices::virtio::net::{tap::check_ifname, MacAddr};
+        if let Some(t) = &self.tap {
+            check_ifname(t).map_err(|e| format!("tap: {e}"))?;
+        }
+        if let Some(b) = &self.bridge {
+            check_ifname(b).map_err(|e| format!("bridge: {e}"))?;
+        }
+        if let Some(m) = &self.mac {
+            m.parse::<MacAddr>()?;
+        }
+        Ok(())
+    }
+}
+
+/// `tap=NAME|auto[,mac=MAC][,bridge=BR]`: the `--net` flag (`tap` defaults to `auto`).
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut c = NetConfig::default();
+        let mut seen = Vec::new();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                format!(
+                    "'{}' is not key=value (keys: tap, mac, bridge)",
+                    part.escape_default()
+                )
+            })?;
+            if seen.contains(&key) {
+                return Err(format!("{key}= is given twice"));
+            }
+            if value.is_empty() {
+                return Err(format!("{key}= is empty"));
+            }
+            match key {
+                "tap" if value == "auto" => c.tap = None,
+                "tap" => c.tap = Some(value.to_string()),
+                "mac" => c.mac = Some(value.to_string()),
+                "bridge" => c.bridge = Some(value.to_string()),
+                _ => {
+                    return Err(format!(
+                        "unknown key '{}' (keys: tap, mac, bridge)",
+                        key.escape_default()
+                    ))
+                }
+            }
+            seen.push(key);
+        }
+        c.check()?;
+        Ok(c)
+    }
 }
 
 /// The virtio-rng device (`--rng`): bytes come from the host's getrandom(2).
@@ -189,3 +249,42 @@ pub struct VsockConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalloonConfig {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_flag_parses_and_checks() {
+        let n: NetConfig = "tap=auto".parse().unwrap();
+        assert_eq!(n, NetConfig::default());
+        let n: NetConfig = "".parse().unwrap();
+        assert_eq!(n.tap, None, "tap defaults to auto");
+        let n: NetConfig = "tap=tap0,mac=52:54:00:12:34:56,bridge=br0".parse().unwrap();
+        assert_eq!(
+            n,
+            NetConfig {
+                tap: Some("tap0".into()),
+                mac: Some("52:54:00:12:34:56".into()),
+                bridge: Some("br0".into()),
+            }
+        );
+        for (bad, want) in [
+            ("tap=a/b", "tap: interface name 'a/b' contains '/'"),
+            ("tap=averyveryverylongname", "longer than 15"),
+            ("mac=01:00:5e:00:00:01", "multicast"),
+            ("mac=zz", "expected six hex octets"),
+            ("bridge=", "bridge= is empty"),
+            ("tap=a,tap=b", "tap= is given twice"),
+            ("model=e1000", "unknown key 'model'"),
+            ("tap", "'tap' is not key=value"),
+        ] {
+            let e = bad.parse::<NetConfig>().unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        // JSON: older files without bridge still load; unknown fields are refused.
+        let n: NetConfig = serde_json::from_str(r#"{"tap":"tap1"}"#).unwrap();
+        assert_eq!(n.bridge, None);
+        assert!(serde_json::from_str::<NetConfig>(r#"{"tapp":"x"}"#).is_err());
+    }
+}
