@@ -17,6 +17,7 @@
 //!   device calls [`VirtioInterrupt::needs_reset`] and stops using the queue — never a
 //!   panic, never stopping the VMM.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod descriptors;
