@@ -434,6 +434,27 @@ mod tests {
         assert!(out.take().len() <= MAX_DESCRIPTORS);
     }
 
+    /// Random chains on both queues never panic the device.
+    #[test]
+    fn fuzz_random_chains() {
+        let mem = TestMemory::new();
+        let out = Captured::default();
+        let mut rng = crate::virtio::testing::Rng::new(0xc0de);
+        for _ in 0..50 {
+            let (mut rx, mut tx) = (Driver::new(&mem, 0, 16), Driver::new(&mem, 1, 16));
+            let (mut q, _irq) = queues(&mem, &rx, &tx, &out);
+            for _ in 0..8 {
+                q.input.enqueue(b"input for the guest");
+                if rng.chance(2) {
+                    rx.add_random(&mut rng);
+                } else {
+                    tx.add_random(&mut rng);
+                }
+                q.process();
+            }
+        }
+    }
+
     #[test]
     fn device_serves_queues_from_its_worker_and_emergency_writes() {
         let mem = TestMemory::new();

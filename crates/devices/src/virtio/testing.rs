@@ -1,5 +1,5 @@
-//! Test helpers: guest memory, a driver side of a split virtqueue on top of virtio-queue's
-//! mock (descriptor table, available ring, used ring in guest memory), and an interrupt
+//! Test helpers: guest memory, a driver side of a split virtqueue (descriptor table,
+//! available ring, used ring in guest memory), and an interrupt
 //! that records what the device raised. Used by the unit tests and the fuzz targets
 //! (feature `test-utils`).
 
@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::GuestAddress;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{GuestMemory, VirtioInterrupt};
 
@@ -54,20 +52,36 @@ impl Deref for TestMemory {
     }
 }
 
-/// The driver's side of one split queue.
+/// The driver's side of one split queue, written straight into guest memory (virtio-queue's
+/// own mock lays the used ring over the second half of the available ring, so it is not
+/// used here).
 pub struct Driver<'a> {
-    mock: MockSplitQueue<'a, GuestMemory>,
+    mem: &'a GuestMemory,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
     size: u16,
     next_desc: u16,
     used_seen: u16,
 }
 
 impl<'a> Driver<'a> {
-    /// A queue of `size` entries whose rings sit in slot `slot` (0..15) of the first MiB.
+    /// A queue of `size` (at most 2048) entries whose rings sit in slot `slot` (0..15) of
+    /// the first MiB.
     pub fn new(mem: &'a GuestMemory, slot: u64, size: u16) -> Self {
-        let mock = MockSplitQueue::create(mem, GuestAddress(0x1000 + slot * 0x1_0000), size);
+        assert!(slot < 16 && size <= 2048 && size.is_power_of_two());
+        let desc = GuestAddress(0x1000 + slot * 0x1_0000);
+        let avail = GuestAddress(desc.0 + 16 * u64::from(size));
+        // Used ring: 4-byte aligned after flags, idx, ring and used_event.
+        let used = GuestAddress((avail.0 + 6 + 2 * u64::from(size) + 3) & !3);
+        for a in [avail, used] {
+            mem.write_obj(0u32, a).expect("ring header");
+        }
         Self {
-            mock,
+            mem,
+            desc,
+            avail,
+            used,
             size,
             next_desc: 0,
             used_seen: 0,
@@ -76,7 +90,17 @@ impl<'a> Driver<'a> {
 
     /// The device's view of the queue (ready, addresses set).
     pub fn queue(&self) -> Queue {
-        self.mock.create_queue().expect("mock queue")
+        let mut q = Queue::new(self.size).expect("queue size");
+        let split = |a: GuestAddress| (Some(a.0 as u32), Some((a.0 >> 32) as u32));
+        let (lo, hi) = split(self.desc);
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(self.avail);
+        q.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(self.used);
+        q.set_used_ring_address(lo, hi);
+        q.set_size(self.size);
+        q.set_ready(true);
+        q
     }
 
     /// Writes a chain of (address, length, device-writable) buffers into free descriptor
@@ -91,7 +115,7 @@ impl<'a> Driver<'a> {
                 flags |= VRING_DESC_F_NEXT as u16;
             }
             let next = (idx + 1) % self.size;
-            self.store(idx, SplitDescriptor::new(addr.0, len, flags, next));
+            self.store(idx, addr.0, len, flags, next);
         }
         self.next_desc = (self.next_desc + bufs.len() as u16) % self.size;
         self.publish(head);
@@ -100,54 +124,130 @@ impl<'a> Driver<'a> {
 
     /// Points descriptor `idx`'s next field at `next` (with the NEXT flag).
     pub fn set_next(&self, idx: u16, next: u16) {
-        let d = SplitDescriptor::from(self.mock.desc_table().load(idx).expect("descriptor"));
-        let flags = d.flags() | VRING_DESC_F_NEXT as u16;
-        self.store(idx, SplitDescriptor::new(d.addr().0, d.len(), flags, next));
+        let at = self.desc_addr(idx);
+        let flags: u16 = self.mem.read_obj(GuestAddress(at.0 + 12)).expect("flags");
+        self.mem
+            .write_obj(flags | VRING_DESC_F_NEXT as u16, GuestAddress(at.0 + 12))
+            .expect("flags");
+        self.mem
+            .write_obj(next, GuestAddress(at.0 + 14))
+            .expect("next");
     }
 
-    fn store(&self, idx: u16, d: SplitDescriptor) {
-        self.mock
-            .desc_table()
-            .store(idx, RawDescriptor::from(d))
+    fn desc_addr(&self, idx: u16) -> GuestAddress {
+        GuestAddress(self.desc.0 + 16 * u64::from(idx % self.size))
+    }
+
+    fn store(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..].copy_from_slice(&next.to_le_bytes());
+        self.mem
+            .write_slice(&d, self.desc_addr(idx))
             .expect("descriptor slot");
     }
 
     /// Puts `head` in the available ring.
     pub fn publish(&self, head: u16) {
         let idx = self.avail_idx();
-        self.mock
-            .avail()
-            .ring()
-            .ref_at(usize::from(idx % self.size))
-            .expect("avail slot")
-            .store(head);
+        let slot = GuestAddress(self.avail.0 + 4 + 2 * u64::from(idx % self.size));
+        self.mem.write_obj(head, slot).expect("avail slot");
         self.set_avail_idx(idx.wrapping_add(1));
     }
 
     pub fn avail_idx(&self) -> u16 {
-        self.mock.avail().idx().load()
+        self.mem
+            .read_obj(GuestAddress(self.avail.0 + 2))
+            .expect("avail idx")
     }
 
     pub fn set_avail_idx(&self, idx: u16) {
-        self.mock.avail().idx().store(idx);
+        self.mem
+            .write_obj(idx, GuestAddress(self.avail.0 + 2))
+            .expect("avail idx");
     }
 
     /// Used-ring entries (head, length) added since the last call.
     pub fn used(&mut self) -> Vec<(u16, u32)> {
-        let end = self.mock.used().idx().load();
+        let end: u16 = self
+            .mem
+            .read_obj(GuestAddress(self.used.0 + 2))
+            .expect("used idx");
         let mut out = Vec::new();
         while self.used_seen != end {
-            let e = self
-                .mock
-                .used()
-                .ring()
-                .ref_at(usize::from(self.used_seen % self.size))
-                .expect("used slot")
-                .load();
-            out.push((e.id() as u16, e.len()));
+            let at = self.used.0 + 4 + 8 * u64::from(self.used_seen % self.size);
+            let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("used id");
+            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).expect("used len");
+            out.push((id as u16, len));
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         out
+    }
+}
+
+/// A small deterministic pseudo-random generator (xorshift64) for fuzz-style tests.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value below `n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn chance(&mut self, one_in: u64) -> bool {
+        self.below(one_in) == 0
+    }
+}
+
+impl<'a> Driver<'a> {
+    /// Makes a random, mostly hostile chain available: 1–8 descriptors with random
+    /// directions, lengths (sometimes huge), addresses (sometimes outside `mem`), random
+    /// bytes in the buffers, and now and then a loop or a next index outside the table.
+    pub fn add_random(&mut self, rng: &mut Rng) -> u16 {
+        let n = 1 + rng.below(8) as usize;
+        let bufs: Vec<(GuestAddress, u32, bool)> = (0..n)
+            .map(|_| {
+                let addr = if rng.chance(8) {
+                    GuestAddress(rng.next_u64())
+                } else {
+                    GuestAddress(TestMemory::BUF_BASE + rng.below(200) * 4096)
+                };
+                let len = if rng.chance(8) {
+                    rng.next_u64() as u32
+                } else {
+                    rng.below(256) as u32
+                };
+                (addr, len, rng.chance(2))
+            })
+            .collect();
+        for &(addr, len, _) in &bufs {
+            let fill: Vec<u8> = (0..len.min(256)).map(|_| rng.next_u64() as u8).collect();
+            let _ = self.mem.write_slice(&fill, addr);
+        }
+        let head = self.add(&bufs);
+        if rng.chance(10) {
+            let last = (head + n as u16 - 1) % self.size;
+            let target = if rng.chance(2) {
+                head
+            } else {
+                rng.next_u64() as u16
+            };
+            self.set_next(last, target);
+        }
+        head
     }
 }
 
