@@ -24,6 +24,7 @@ pub mod descriptors;
 pub mod net;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod vsock;
 pub mod worker;
 
 pub use virtio_queue::{Queue, QueueT};
