@@ -1,7 +1,7 @@
 //! A blocking client for vireod's API socket.
 
 use std::collections::VecDeque;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::framing::{self, MAX_MESSAGE};
 use crate::protocol::{Method, Notification, Request, Response, RpcError, JSONRPC_VERSION};
+use crate::stream;
 use crate::uri::{ConnectUri, UriError};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,9 @@ pub enum ClientError {
     Io(#[from] io::Error),
     #[error("unexpected message from vireod: {0}")]
     Protocol(String),
+    /// A local file of a transfer (`vol-upload`, `vol-download`) failed.
+    #[error("{0}")]
+    Transfer(io::Error),
 }
 
 /// One connection to vireod.
@@ -80,12 +84,92 @@ impl Client {
     /// Calls `M` and waits for its result.
     pub fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result, ClientError> {
         let value = self.call_raw(M::NAME, serde_json::to_value(params).map_err(protocol)?)?;
-        serde_json::from_value(value)
-            .map_err(|e| ClientError::Protocol(format!("bad result of {}: {e}", M::NAME)))
+        decode::<M>(value)
     }
 
     /// Calls a method by name with JSON params.
     pub fn call_raw(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let id = self.send_request(method, params)?;
+        self.wait_response(id)
+    }
+
+    /// Calls a streaming method that uploads: the bytes of `src` go to the daemon as
+    /// frames once it accepts the stream (see [`crate::stream`]). A failure to read `src`
+    /// aborts the stream and is returned as [`ClientError::Transfer`].
+    pub fn call_upload<M: Method>(
+        &mut self,
+        params: &M::Params,
+        src: &mut dyn Read,
+    ) -> Result<M::Result, ClientError> {
+        let id = self.send_request(M::NAME, serde_json::to_value(params).map_err(protocol)?)?;
+        let first = self.wait_response(id)?;
+        if !stream::is_acceptance(&first) {
+            return decode::<M>(first);
+        }
+        let mut buf = vec![0u8; stream::MAX_FRAME];
+        let mut local_error = None;
+        let sent: io::Result<()> = (|| loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => return stream::write_end(&mut self.writer),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    local_error = Some(e);
+                    return stream::write_abort(&mut self.writer);
+                }
+            };
+            stream::write_data(&mut self.writer, &buf[..n])?;
+        })();
+        // The daemon answers even when it stopped writing part-way; a write error on the
+        // socket usually means it closed the connection after answering.
+        let last = self.wait_response(id);
+        if let Some(e) = local_error {
+            return Err(ClientError::Transfer(e));
+        }
+        match (last, sent) {
+            (Ok(v), _) => decode::<M>(v),
+            (Err(ClientError::Rpc(e)), _) => Err(ClientError::Rpc(e)),
+            (Err(_), Err(e)) => Err(ClientError::Io(e)),
+            (Err(e), Ok(())) => Err(e),
+        }
+    }
+
+    /// Calls a streaming method that downloads: the frames the daemon sends are written
+    /// to `dst`. A failure to write `dst` is returned as [`ClientError::Transfer`] (the
+    /// rest of the stream is read and dropped, so the connection stays usable).
+    pub fn call_download<M: Method>(
+        &mut self,
+        params: &M::Params,
+        dst: &mut dyn Write,
+    ) -> Result<M::Result, ClientError> {
+        let id = self.send_request(M::NAME, serde_json::to_value(params).map_err(protocol)?)?;
+        let first = self.wait_response(id)?;
+        if !stream::is_acceptance(&first) {
+            return decode::<M>(first);
+        }
+        let mut frames = stream::FrameReader::new(&mut self.reader);
+        let mut buf = vec![0u8; 256 << 10];
+        let mut local_error = None;
+        loop {
+            let n = frames.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = dst.write_all(&buf[..n]) {
+                local_error = Some(e);
+                frames.drain()?;
+                break;
+            }
+        }
+        if let Some(e) = local_error.or_else(|| dst.flush().err()) {
+            // Still read the final response so that the connection stays in step.
+            let _ = self.wait_response(id);
+            return Err(ClientError::Transfer(e));
+        }
+        decode::<M>(self.wait_response(id)?)
+    }
+
+    fn send_request(&mut self, method: &str, params: Value) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let req = Request {
@@ -97,6 +181,11 @@ impl Client {
         let mut line = serde_json::to_vec(&req).map_err(protocol)?;
         line.push(b'\n');
         self.writer.write_all(&line)?;
+        Ok(id)
+    }
+
+    /// Reads until the response to request `id` (queueing notifications).
+    fn wait_response(&mut self, id: u64) -> Result<Value, ClientError> {
         loop {
             let msg = self.read_message()?;
             if msg.get("id").is_some() && msg.get("method").is_none() {
@@ -156,6 +245,11 @@ impl Client {
         self.line.clear();
         msg
     }
+}
+
+fn decode<M: Method>(value: Value) -> Result<M::Result, ClientError> {
+    serde_json::from_value(value)
+        .map_err(|e| ClientError::Protocol(format!("bad result of {}: {e}", M::NAME)))
 }
 
 fn protocol(e: serde_json::Error) -> ClientError {

@@ -3,13 +3,16 @@
 //! * [`uri`]: connection URIs (`vireo:///system`, `vireo:///session`, `?root=DIR`) and the
 //!   directory [`uri::Layout`] both sides derive from them;
 //! * [`protocol`]: JSON-RPC 2.0 envelopes, error kinds, and one typed [`protocol::Method`]
-//!   per API call (`domain.*`, `host.*`, `events.*`), documented in docs/api.md;
+//!   per API call (`domain.*`, `host.*`, `events.*`, `pool.*`, `vol.*`), documented in
+//!   docs/api.md;
 //! * [`client`]: a blocking client over the daemon's unix socket;
-//! * [`framing`]: newline-delimited messages with a size bound, used by both sides.
+//! * [`framing`]: newline-delimited messages with a size bound, used by both sides;
+//! * [`stream`]: raw bytes on the connection (volume upload and download).
 
 pub mod client;
 pub mod framing;
 pub mod protocol;
+pub mod stream;
 pub mod uri;
 
 pub use client::{Client, ClientError};

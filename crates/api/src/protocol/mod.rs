@@ -3,12 +3,13 @@
 //! Every API call is a type implementing [`Method`]: its wire name and the types of its
 //! `params` and `result`. The daemon routes on [`Method::NAME`]; the client calls
 //! `client.call::<M>(&params)`. Adding a call = one `method!` line plus its param/result
-//! types in the module of its area (`domain`, `host`, `events`, later `storage`) and a
+//! types in the module of its area (`domain`, `host`, `events`, `storage`) and a
 //! handler in the daemon. docs/api.md documents every method.
 
 pub mod domain;
 pub mod events;
 pub mod host;
+pub mod storage;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,8 @@ pub enum ErrorKind {
     NoVolume,
     /// A host operation failed (files, processes).
     SystemError,
+    /// A storage pool or volume with that name, UUID or target exists already.
+    StorageExists,
 }
 
 impl ErrorKind {
@@ -180,11 +183,12 @@ impl ErrorKind {
             ErrorKind::NoPool => -32008,
             ErrorKind::NoVolume => -32009,
             ErrorKind::SystemError => -32010,
+            ErrorKind::StorageExists => -32011,
         }
     }
 
     pub fn from_code(code: i64) -> Self {
-        const ALL: [ErrorKind; 15] = [
+        const ALL: [ErrorKind; 16] = [
             ErrorKind::ParseError,
             ErrorKind::InvalidRequest,
             ErrorKind::MethodNotFound,
@@ -200,6 +204,7 @@ impl ErrorKind {
             ErrorKind::NoPool,
             ErrorKind::NoVolume,
             ErrorKind::SystemError,
+            ErrorKind::StorageExists,
         ];
         ALL.into_iter()
             .find(|k| k.code() == code)
@@ -223,7 +228,7 @@ mod tests {
         assert_eq!(back.kind(), ErrorKind::NoDomain);
         let bare: RpcError = serde_json::from_str(r#"{"code":-32601,"message":"m"}"#).unwrap();
         assert_eq!(bare.kind(), ErrorKind::MethodNotFound);
-        for code in [-32700, -32600, -32001, -32010] {
+        for code in [-32700, -32600, -32001, -32010, -32011] {
             assert_eq!(ErrorKind::from_code(code).code(), code);
         }
     }
