@@ -151,7 +151,17 @@ impl Client {
         let mut buf = vec![0u8; 256 << 10];
         let mut local_error = None;
         loop {
-            let n = frames.read(&mut buf)?;
+            let n = match frames.read(&mut buf) {
+                Ok(n) => n,
+                // The daemon gave up part-way (e.g. a read error): its final response says why.
+                Err(e) if frames.finished() => {
+                    return match self.wait_response(id) {
+                        Ok(_) => Err(ClientError::Io(e)),
+                        Err(rpc) => Err(rpc),
+                    };
+                }
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 break;
             }

@@ -62,6 +62,17 @@ pub fn disk_paths(d: &Domain) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The host files a running domain uses and that storage operations must leave alone:
+/// every disk (files and block devices), and the kernel and initrd, which the VMM reads
+/// again at every guest reset.
+pub fn files_in_use(d: &Domain) -> Vec<PathBuf> {
+    d.disks()
+        .map(|disk| disk.source.clone())
+        .chain(d.os.kernel.clone())
+        .chain(d.os.initrd.clone())
+        .collect()
+}
+
 pub fn block_devices(d: &Domain) -> Vec<BlockDevice> {
     d.blk_rows()
         .into_iter()

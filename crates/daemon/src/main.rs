@@ -5,6 +5,7 @@
 //! control. VMs outlive the daemon: a restarted vireod finds them again.
 
 mod api;
+mod claims;
 mod domain_model;
 mod events;
 mod fsutil;
@@ -44,7 +45,7 @@ struct Args {
     /// The VMM binary (default: vireo-vmm next to vireod, else in PATH; or $VIREO_VMM).
     #[arg(long, value_name = "PATH")]
     vmm: Option<PathBuf>,
-    /// Do not start autostart domains.
+    /// Do not start autostart domains (autostart storage pools still start).
     #[arg(long)]
     no_autostart: bool,
 }
@@ -110,6 +111,28 @@ fn probe_vmm(vmm: &Path) -> Option<String> {
     version
 }
 
+/// Opens the storage pools (creating the `default` pool in the images directory the
+/// first time) and starts the autostart ones. Storage trouble is logged, never fatal:
+/// the daemon still manages domains.
+fn open_storage(layout: &vireo_api::Layout) -> Result<vireo_storage::PoolManager, String> {
+    let dirs = vireo_storage::StorageDirs {
+        config_dir: layout.storage_dir(),
+        state_dir: layout.run_dir.join("storage"),
+        images_dir: layout.images_dir(),
+    };
+    let mgr = vireo_storage::PoolManager::open(dirs).map_err(|e| {
+        log::error!("storage pools are unavailable: {e}");
+        e.to_string()
+    })?;
+    for w in mgr.warnings() {
+        log::warn!("{w}");
+    }
+    for (pool, e) in mgr.autostart_all() {
+        log::error!("autostart of storage pool '{pool}' failed: {e}");
+    }
+    Ok(mgr)
+}
+
 /// The socket systemd passed (socket activation), if any.
 fn activated_listener() -> Option<UnixListener> {
     let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
@@ -170,12 +193,16 @@ fn run(args: Args) -> Result<(), String> {
             vmm_binary.display()
         );
     }
-    let daemon = Arc::new(Daemon::new(Settings {
-        layout: layout.clone(),
-        uri: uri.to_string(),
-        vmm_binary,
-        vmm_version,
-    }));
+    let storage = open_storage(&layout);
+    let daemon = Arc::new(Daemon::new(
+        Settings {
+            layout: layout.clone(),
+            uri: uri.to_string(),
+            vmm_binary,
+            vmm_version,
+        },
+        storage,
+    ));
     daemon.load_definitions();
     supervisor::reattach_all(&daemon);
 

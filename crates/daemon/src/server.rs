@@ -1,6 +1,7 @@
 //! The API socket: a thread per connection reading newline-delimited JSON-RPC requests
 //! and answering each in order; subscribed connections also get event notifications,
-//! written by a forwarder thread so a slow client never blocks the daemon.
+//! written by a forwarder thread so a slow client never blocks the daemon. Streaming calls
+//! (`vol.upload`, `vol.download`) use the connection's bytes between their responses.
 
 use std::io::{BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -18,8 +19,11 @@ use crate::state::Daemon;
 
 /// One client connection.
 pub struct Connection {
-    writer: Arc<Mutex<UnixStream>>,
+    pub writer: Arc<Mutex<UnixStream>>,
     subscription: Option<u64>,
+    /// Set by a handler when the connection is out of step (a broken stream): it is
+    /// closed after the response is written.
+    pub close: bool,
 }
 
 impl Connection {
@@ -63,6 +67,7 @@ fn handle(d: Arc<Daemon>, stream: UnixStream) {
     let mut conn = Connection {
         writer: Arc::new(Mutex::new(write_half)),
         subscription: None,
+        close: false,
     };
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
@@ -81,10 +86,13 @@ fn handle(d: Arc<Daemon>, stream: UnixStream) {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        if let Some(resp) = crate::api::handle_line(&d, &mut conn, &line) {
+        if let Some(resp) = crate::api::handle_line(&d, &mut conn, &mut reader, &line) {
             if write_response(&conn.writer, &resp).is_err() {
                 break;
             }
+        }
+        if conn.close {
+            break;
         }
     }
     if let Some(id) = conn.subscription {

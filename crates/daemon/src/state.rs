@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use vireo_api::protocol::domain::{DomainState, DomainSummary};
 use vireo_api::{ErrorKind, Layout, RpcError};
 
+use vireo_storage::PoolManager;
+
+use crate::claims::DiskClaims;
 use crate::domain_model::Domain;
 use crate::events::EventBus;
 use crate::fsutil;
@@ -37,6 +40,10 @@ pub struct Daemon {
     pub settings: Settings,
     pub domains: Mutex<BTreeMap<String, Arc<Entry>>>,
     pub events: EventBus,
+    /// Storage pools and volumes; why not, if they could not be opened.
+    pub storage: Result<PoolManager, String>,
+    /// The files running domains use and storage operations change.
+    pub claims: DiskClaims,
     next_id: AtomicU32,
 }
 
@@ -99,13 +106,25 @@ pub struct RunState {
 }
 
 impl Daemon {
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: Settings, storage: Result<PoolManager, String>) -> Self {
         Self {
             settings,
             domains: Mutex::new(BTreeMap::new()),
             events: EventBus::default(),
+            storage,
+            claims: DiskClaims::default(),
             next_id: AtomicU32::new(1),
         }
+    }
+
+    /// The storage pool manager, or why there is none.
+    pub fn pools(&self) -> Result<&PoolManager, RpcError> {
+        self.storage.as_ref().map_err(|e| {
+            RpcError::new(
+                ErrorKind::StorageError,
+                format!("storage pools are unavailable: {e}"),
+            )
+        })
     }
 
     pub fn layout(&self) -> &Layout {

@@ -100,6 +100,17 @@ pub fn start(
                 format!("cannot start domain '{}': {e}", entry.name),
             )
         })?;
+    // Its disks (and kernel, initrd) must not be changed by a storage operation while the
+    // domain runs.
+    let claim = d
+        .claims
+        .claim_domain(&entry.name, &domain_model::files_in_use(&domain))
+        .map_err(|e| {
+            RpcError::new(
+                ErrorKind::OperationInvalid,
+                format!("cannot start domain '{}': {e}", entry.name),
+            )
+        })?;
     let json = serde_json::to_vec_pretty(&config)
         .map_err(|e| RpcError::new(ErrorKind::InternalError, format!("VMM config: {e}")))?;
     fsutil::atomic_write(&config_file, &json)
@@ -230,6 +241,7 @@ pub fn start(
     let pidfd =
         process::pidfd_open(pid).map_err(|e| vmm_error(format!("pidfd_open({pid}): {e}")))?;
     let events = vmm.connect().ok();
+    claim.keep();
     st.run = Some(Running {
         state: run_state,
         domain,
@@ -489,6 +501,7 @@ fn finish(
     let Some(run) = st.run.take() else {
         return;
     };
+    d.claims.release_domain(&entry.name);
     let exit = run.state.exit_file.as_deref().and_then(ExitInfo::read);
     let (status, reason, detail, after) = classify(
         &run.domain,
@@ -626,6 +639,7 @@ pub fn reattach_all(d: &Arc<Daemon>) {
 
 fn reattach(d: &Arc<Daemon>, rs: RunState) -> Result<(), String> {
     let domain = Domain::from_xml(&rs.xml).map_err(|e| e.to_string())?.domain;
+    let disks = domain_model::files_in_use(&domain);
     let entry = {
         let mut map = d.map();
         match map.get(&rs.name) {
@@ -683,6 +697,7 @@ fn reattach(d: &Arc<Daemon>, rs: RunState) -> Result<(), String> {
             return Err(format!("pidfd_open({pid}): {e}"));
         }
     };
+    d.claims.record_domain(&entry.name, &disks);
     let events = vmm.as_ref().and_then(|v| v.connect().ok());
     log::info!("domain '{}': re-attached to VMM {pid}", rs.name);
     drop(st);

@@ -127,6 +127,33 @@ pub fn undefine(d: &Arc<Daemon>, p: UndefineParams) -> Result<UndefineResult, Rp
     let mut removed_storage = Vec::new();
     if p.remove_all_storage {
         for path in domain_model::disk_paths(def) {
+            // A pool's volume is deleted through its pool (which keeps its volume list
+            // right and refuses while another volume is backed by it).
+            let pool_vol = d
+                .pools()
+                .ok()
+                .and_then(|m| Some((m, super::storage::pool_volume_of(m, &path)?)));
+            if let Some((m, (pool, vol))) = pool_vol {
+                super::storage::delete_volume(d, m, &pool, &vol).map_err(|e| {
+                    RpcError::new(
+                        e.kind(),
+                        format!(
+                            "cannot remove storage {} of domain '{}': {} (definition kept)",
+                            path.display(),
+                            entry.name,
+                            e.message
+                        ),
+                    )
+                })?;
+                removed_storage.push(path.display().to_string());
+                continue;
+            }
+            let _job = d.claims.claim_job(&path, "being deleted").map_err(|e| {
+                invalid(format!(
+                    "cannot remove storage of domain '{}': {e} (definition kept)",
+                    entry.name
+                ))
+            })?;
             match std::fs::remove_file(&path) {
                 Ok(()) => removed_storage.push(path.display().to_string()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

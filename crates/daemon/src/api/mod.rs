@@ -1,18 +1,21 @@
 //! The JSON-RPC API: decoding requests, routing them by method name to the handler of
-//! their area (`domain`, `host`, `events`), encoding replies. To add a method: declare it
+//! their area (`domain`, `host`, `events`, `storage`), encoding replies. To add a method: declare it
 //! in vireo-api (`protocol/<area>.rs`), write `fn handler(d, params) -> Result<R, RpcError>`
 //! in the area's module here and add one `route::<Method>` arm to [`dispatch`].
 
 mod domain;
 mod events;
 mod host;
+pub mod storage;
 
+use std::io::BufRead;
 use std::sync::Arc;
 
 use serde_json::Value;
 use vireo_api::protocol::domain as dom;
 use vireo_api::protocol::events::EventsSubscribe;
 use vireo_api::protocol::host::{HostNodeInfo, HostVersion};
+use vireo_api::protocol::storage as sto;
 use vireo_api::protocol::{Request, Response, JSONRPC_VERSION};
 use vireo_api::{ErrorKind, Method, RpcError};
 
@@ -85,6 +88,31 @@ fn dispatch(
         HostVersion::NAME => route::<HostVersion>(p, |_| host::version(d)),
         HostNodeInfo::NAME => route::<HostNodeInfo>(p, |_| host::nodeinfo()),
         EventsSubscribe::NAME => route::<EventsSubscribe>(p, |p| events::subscribe(d, conn, p)),
+        sto::PoolList::NAME => route::<sto::PoolList>(p, |p| storage::pool_list(d, p)),
+        sto::PoolDefineAs::NAME => route::<sto::PoolDefineAs>(p, |p| storage::pool_define_as(d, p)),
+        sto::PoolDefine::NAME => route::<sto::PoolDefine>(p, |p| storage::pool_define(d, p)),
+        sto::PoolBuild::NAME => route::<sto::PoolBuild>(p, |p| storage::pool_build(d, p)),
+        sto::PoolStart::NAME => route::<sto::PoolStart>(p, |p| storage::pool_start(d, p)),
+        sto::PoolDestroy::NAME => route::<sto::PoolDestroy>(p, |p| storage::pool_destroy(d, p)),
+        sto::PoolUndefine::NAME => route::<sto::PoolUndefine>(p, |p| storage::pool_undefine(d, p)),
+        sto::PoolSetAutostart::NAME => {
+            route::<sto::PoolSetAutostart>(p, |p| storage::pool_set_autostart(d, p))
+        }
+        sto::PoolGetInfo::NAME => route::<sto::PoolGetInfo>(p, |p| storage::pool_get_info(d, p)),
+        sto::PoolRefresh::NAME => route::<sto::PoolRefresh>(p, |p| storage::pool_refresh(d, p)),
+        sto::PoolGetXml::NAME => route::<sto::PoolGetXml>(p, |p| storage::pool_get_xml(d, p)),
+        sto::PoolEnsureDefault::NAME => {
+            route::<sto::PoolEnsureDefault>(p, |_| storage::pool_ensure_default(d))
+        }
+        sto::VolList::NAME => route::<sto::VolList>(p, |p| storage::vol_list(d, p)),
+        sto::VolCreateAs::NAME => route::<sto::VolCreateAs>(p, |p| storage::vol_create_as(d, p)),
+        sto::VolCreate::NAME => route::<sto::VolCreate>(p, |p| storage::vol_create(d, p)),
+        sto::VolGetInfo::NAME => route::<sto::VolGetInfo>(p, |p| storage::vol_get_info(d, p)),
+        sto::VolGetPath::NAME => route::<sto::VolGetPath>(p, |p| storage::vol_get_path(d, p)),
+        sto::VolGetXml::NAME => route::<sto::VolGetXml>(p, |p| storage::vol_get_xml(d, p)),
+        sto::VolClone::NAME => route::<sto::VolClone>(p, |p| storage::vol_clone(d, p)),
+        sto::VolResize::NAME => route::<sto::VolResize>(p, |p| storage::vol_resize(d, p)),
+        sto::VolDelete::NAME => route::<sto::VolDelete>(p, |p| storage::vol_delete(d, p)),
         _ => Err(RpcError::new(
             ErrorKind::MethodNotFound,
             format!("unknown method '{method}'"),
@@ -92,8 +120,15 @@ fn dispatch(
     }
 }
 
-/// Handles one request line; `None` for notifications (requests without an id).
-pub fn handle_line(d: &Arc<Daemon>, conn: &mut Connection, line: &[u8]) -> Option<Response> {
+/// Handles one request line; `None` for notifications (requests without an id). Streaming
+/// calls read from (uploads) or write to (downloads) the connection before their final
+/// response is returned.
+pub fn handle_line<R: BufRead>(
+    d: &Arc<Daemon>,
+    conn: &mut Connection,
+    reader: &mut R,
+    line: &[u8],
+) -> Option<Response> {
     let value: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => {
@@ -123,6 +158,17 @@ pub fn handle_line(d: &Arc<Daemon>, conn: &mut Connection, line: &[u8]) -> Optio
             id.unwrap_or(Value::Null),
             RpcError::new(ErrorKind::InvalidRequest, "jsonrpc must be \"2.0\""),
         ));
+    }
+    if request.method == sto::VolUpload::NAME || request.method == sto::VolDownload::NAME {
+        // A stream needs an id to be answered twice.
+        let id = request.id?;
+        let out = if request.method == sto::VolUpload::NAME {
+            storage::upload(d, &conn.writer, reader, id, request.params)
+        } else {
+            storage::download(d, &conn.writer, id, request.params)
+        };
+        conn.close |= out.close;
+        return Some(out.response);
     }
     let result = dispatch(d, conn, &request.method, request.params);
     if let Err(e) = &result {
