@@ -38,6 +38,8 @@ enum Command {
     Domain(virsh::domain::DomainCommand),
     #[command(flatten)]
     Host(virsh::host::HostCommand),
+    #[command(flatten)]
+    Storage(virsh::storage::StorageCommand),
     /// Create a domain from virt-install's flags: define it, start it, attach the console.
     Install(virsh::install::InstallArgs),
 }
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Img(cmd) => vireo_img::run(cmd),
         Command::Domain(cmd) => virsh::report(virsh::domain::run(connect, cmd)),
         Command::Host(cmd) => virsh::report(virsh::host::run(connect, cmd)),
+        Command::Storage(cmd) => virsh::report(virsh::storage::run(connect, cmd)),
         Command::Install(args) => virsh::report(virsh::install::run(connect, args)),
     }
 }

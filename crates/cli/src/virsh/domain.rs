@@ -409,7 +409,7 @@ pub fn run(uri: Option<&str>, cmd: DomainCommand) -> Result {
 }
 
 /// Reads a domain XML file ('-': stdin), bounded.
-fn read_xml(file: &Path) -> Result<String> {
+pub fn read_xml(file: &Path) -> Result<String> {
     const MAX: u64 = 4 << 20;
     let mut s = String::new();
     let read = if file == Path::new("-") {

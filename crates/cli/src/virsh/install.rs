@@ -5,6 +5,11 @@ use std::fmt::Write as _;
 
 use clap::Args;
 use vireo_api::protocol::domain::{DefineParams, DomainDefine, DomainStart, StartParams};
+use vireo_api::protocol::storage::{
+    PoolGetInfo, PoolList, PoolListParams, PoolRef, VolCreateAs, VolCreateAsParams, VolDelete,
+    VolGetPath, VolRef,
+};
+use vireo_api::{Client, ClientError, ErrorKind};
 
 use super::{connect, err, Error, Result};
 
@@ -19,8 +24,9 @@ pub struct InstallArgs {
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
-    /// A disk: PATH or path=PATH[,format=raw|qcow2][,bus=virtio][,readonly=on]
-    /// (repeatable).
+    /// A disk: PATH or path=PATH[,format=raw|qcow2][,bus=virtio][,readonly=on]; or
+    /// size=GiB[,pool=POOL][,format=…] for a new volume NAME.qcow2 in the pool (default:
+    /// the `default` pool) (repeatable).
     #[arg(long, value_name = "OPTIONS")]
     pub disk: Vec<String>,
     /// A NIC: network=NAME | bridge=BR, [,model=virtio][,mac=MAC]; or none (repeatable).
@@ -87,7 +93,9 @@ fn check_keys(flag: &str, opts: &[(String, String)], known: &[&str]) -> Result {
     Ok(())
 }
 
-/// The domain XML for these options.
+const DISK_KEYS: &[&str] = &["path", "format", "bus", "readonly", "size", "pool"];
+
+/// The domain XML for these options (every `--disk` with a path; see [`create_volumes`]).
 pub fn domain_xml(a: &InstallArgs) -> Result<String> {
     let boot = options("boot", &a.boot, "")?;
     check_keys("boot", &boot, &["kernel", "initrd", "kernel_args"])?;
@@ -123,11 +131,13 @@ pub fn domain_xml(a: &InstallArgs) -> Result<String> {
     let _ = writeln!(x, "  <devices>");
     for (i, disk) in a.disk.iter().enumerate() {
         let o = options("disk", disk, "path")?;
-        check_keys("disk", &o, &["path", "format", "bus", "readonly", "size"])?;
-        if get(&o, "size").is_some() {
-            return err("--disk size=…: creating volumes needs a storage pool; create it with `vireo img create` or vol-create-as and pass path=");
-        }
+        check_keys("disk", &o, DISK_KEYS)?;
         let path = get(&o, "path").ok_or_else(|| Error(format!("--disk '{disk}' has no path")))?;
+        if get(&o, "size").is_some() && !std::path::Path::new(path).exists() {
+            return err(format!(
+                "--disk '{disk}': {path} does not exist (vireo install creates it in its pool)"
+            ));
+        }
         let format = get(&o, "format").unwrap_or(if path.ends_with(".qcow2") {
             "qcow2"
         } else {
@@ -185,14 +195,168 @@ pub fn domain_xml(a: &InstallArgs) -> Result<String> {
     Ok(x)
 }
 
-pub fn run(uri: Option<&str>, a: InstallArgs) -> Result {
-    let xml = domain_xml(&a)?;
-    if a.print_xml {
-        print!("{xml}");
+/// virt-install's size= is GiB, fractions allowed (`size=0.5`).
+fn gib(disk: &str, v: &str) -> Result<u64> {
+    let bad = || {
+        Error(format!(
+            "--disk '{disk}': size='{v}' is not a size in GiB (e.g. size=10 or size=0.5)"
+        ))
+    };
+    let f: f64 = v.parse().map_err(|_| bad())?;
+    if !f.is_finite() || f <= 0.0 || f > (1u64 << 23) as f64 {
+        return Err(bad());
+    }
+    // Whole 512-byte sectors, as the guest sees them.
+    Ok(((f * (1u64 << 30) as f64) / 512.0).ceil() as u64 * 512)
+}
+
+/// A volume `vireo install` created, deleted again if the domain cannot be defined.
+struct Created {
+    pool: String,
+    name: String,
+}
+
+/// virt-install's "create a new volume" step: every `--disk size=N` without an existing
+/// image becomes a volume — `NAME.qcow2` (`NAME-1.qcow2`, … if taken) in `pool=` or the
+/// `default` pool, or the file named by `path=` when that lies in an active pool — and the
+/// disk option is rewritten to `path=` the volume. `dry_run` (`--print-xml`) creates
+/// nothing and prints the path the volume would get.
+fn create_volumes(
+    c: &mut Client,
+    a: &mut InstallArgs,
+    dry_run: bool,
+    created: &mut Vec<Created>,
+) -> Result {
+    let mut taken: Vec<String> = Vec::new();
+    for disk in a.disk.iter_mut() {
+        let o = options("disk", disk, "path")?;
+        check_keys("disk", &o, DISK_KEYS)?;
+        let Some(size) = get(&o, "size") else {
+            continue;
+        };
+        let capacity = gib(disk, size)?;
+        if get(&o, "path").is_some_and(|p| std::path::Path::new(p).exists()) {
+            continue; // virt-install uses an existing image as it is
+        }
+        let format = get(&o, "format").unwrap_or("qcow2").to_string();
+        let (pool, vol) = match (get(&o, "path"), get(&o, "pool")) {
+            (Some(_), Some(_)) => {
+                return err(format!(
+                    "--disk '{disk}': give either path= or pool=, not both"
+                ))
+            }
+            (Some(path), None) => {
+                let p = std::path::Path::new(path);
+                let parent = p.parent().and_then(|d| std::fs::canonicalize(d).ok());
+                let pools = c.call::<PoolList>(&PoolListParams::default())?.pools;
+                let pool = pools
+                    .into_iter()
+                    .find(|q| parent.is_some() && std::fs::canonicalize(&q.target).ok() == parent)
+                    .ok_or_else(|| {
+                        Error(format!(
+                            "--disk '{disk}': {path} does not exist and its directory is no active storage pool (use pool=, or create the image with vireo img create)"
+                        ))
+                    })?;
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (pool, name)
+            }
+            (None, pool) => {
+                let pool = match pool {
+                    Some(p) => c.call::<PoolGetInfo>(&PoolRef::new(p))?,
+                    None => super::storage::ensure_default_pool(c)?,
+                };
+                let ext = if format == "qcow2" { "qcow2" } else { "img" };
+                let mut name = None;
+                for i in 0..1000 {
+                    let n = if i == 0 {
+                        format!("{}.{ext}", a.name)
+                    } else {
+                        format!("{}-{i}.{ext}", a.name)
+                    };
+                    let free = !taken.contains(&n)
+                        && matches!(
+                            c.call::<VolGetPath>(&VolRef::new(Some(&pool.name), &n)),
+                            Err(ClientError::Rpc(e)) if e.kind() == ErrorKind::NoVolume
+                        );
+                    if free {
+                        name = Some(n);
+                        break;
+                    }
+                }
+                let name = name.ok_or_else(|| {
+                    Error(format!(
+                        "--disk: no free volume name for '{}' in pool '{}'",
+                        a.name, pool.name
+                    ))
+                })?;
+                (pool, name)
+            }
+        };
+        taken.push(vol.clone());
+        let path = if dry_run {
+            pool.target.join(&vol)
+        } else {
+            let v = c.call::<VolCreateAs>(&VolCreateAsParams {
+                pool: pool.name.clone(),
+                name: vol.clone(),
+                capacity,
+                format: Some(format.clone()),
+                ..Default::default()
+            })?;
+            created.push(Created {
+                pool: pool.name.clone(),
+                name: v.name.clone(),
+            });
+            eprintln!("vireo: created volume '{}' in pool '{}'", v.name, pool.name);
+            v.path
+        };
+        let mut rest: Vec<String> = o
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "path" | "size" | "pool" | "format"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        rest.insert(0, format!("format={format}"));
+        rest.insert(0, format!("path={}", path.display()));
+        *disk = rest.join(",");
+    }
+    Ok(())
+}
+
+pub fn run(uri: Option<&str>, mut a: InstallArgs) -> Result {
+    let needs_pool = a
+        .disk
+        .iter()
+        .any(|d| options("disk", d, "path").is_ok_and(|o| get(&o, "size").is_some()));
+    if a.print_xml && !needs_pool {
+        print!("{}", domain_xml(&a)?);
         return Ok(());
     }
     let mut c = connect(uri)?;
-    let r = c.call::<DomainDefine>(&DefineParams { xml })?;
+    let mut created = Vec::new();
+    let dry_run = a.print_xml;
+    let r = create_volumes(&mut c, &mut a, dry_run, &mut created)
+        .and_then(|()| domain_xml(&a))
+        .and_then(|xml| {
+            if a.print_xml {
+                print!("{xml}");
+                return Ok(None);
+            }
+            Ok(Some(c.call::<DomainDefine>(&DefineParams { xml })?))
+        });
+    let r = match r {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            // Nothing half-made stays behind.
+            for v in created {
+                let _ = c.call::<VolDelete>(&VolRef::new(Some(&v.pool), &v.name));
+            }
+            return Err(e);
+        }
+    };
     for w in &r.warnings {
         eprintln!("vireo: warning: {w}");
     }

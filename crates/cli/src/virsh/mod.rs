@@ -1,6 +1,6 @@
 //! virsh's verbs, talking to vireod through `vireo_api::Client`.
 //!
-//! One module per area (`domain`, `host`; `pool` for storage): a clap `Subcommand` enum
+//! One module per area (`domain`, `host`, `storage`): a clap `Subcommand` enum
 //! flattened into the top-level command list and a `run(connect, cmd)` returning
 //! [`Result`]; errors print as one line and exit with status 1.
 
@@ -9,6 +9,7 @@ pub mod domain;
 pub mod events;
 pub mod host;
 pub mod install;
+pub mod storage;
 
 use std::process::ExitCode;
 
