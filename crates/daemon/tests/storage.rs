@@ -573,8 +573,7 @@ fn install_creates_a_volume_in_the_default_pool() {
         &format!("kernel={kernel},kernel_args=console=ttyS0 vtg.action=halt"),
         "--noautoconsole",
     ]);
-    // The domain is defined with the new volume as its disk whether or not the VMM can run
-    // disks yet (starting it needs virtio-blk).
+    // The domain is defined with the new volume as its disk (and started where KVM is).
     assert!(
         r.stdout.contains("Domain 'inst' defined"),
         "{}",
@@ -598,6 +597,17 @@ fn install_creates_a_volume_in_the_default_pool() {
     assert_eq!(vol["capacity"], 64u64 << 20);
     let path = PathBuf::from(vol["path"].as_str().unwrap());
     assert_eq!(path, d.path("var/lib/vireo/images/inst.qcow2"));
+    if r.ok() {
+        // Running on its new disk: the volume is protected until the domain stops.
+        assert!(d.state("inst").starts_with("running"));
+        let e = d.fails(&["vol-delete", "--pool", "default", "inst.qcow2"]);
+        assert!(e.contains("in use by running domain 'inst'"), "{e}");
+        d.ok(&["destroy", "inst"]);
+        d.wait_state("inst", "shut off");
+    } else {
+        let kvm = common::kvm_or_skip("install_creates_a_volume_in_the_default_pool (start)");
+        assert!(!kvm, "install failed with KVM available:\n{}", r.describe());
+    }
     qemu_check(&path);
     let xml = d.ok(&["dumpxml", "inst"]);
     assert!(
@@ -605,9 +615,6 @@ fn install_creates_a_volume_in_the_default_pool() {
         "{xml}"
     );
     assert!(xml.contains("type='qcow2'"), "{xml}");
-    if !r.ok() {
-        assert!(r.stderr.contains("virtio"), "{}", r.describe());
-    }
     // A second install with the same name prefix gets the next free volume name.
     let r = d.vireo(&[
         "install",
@@ -637,8 +644,9 @@ fn install_creates_a_volume_in_the_default_pool() {
     assert!(e.contains("size='lots'"), "{e}");
 }
 
-/// Files a running domain uses (here its kernel, a pool volume) cannot be deleted, resized
-/// or overwritten — also after a daemon restart; downloading is fine.
+/// Files a running domain uses — its kernel (a pool volume here), its disk and the disk's
+/// backing volume — cannot be deleted, resized or overwritten, also after a daemon restart;
+/// reading them is fine.
 #[test]
 fn volumes_in_use_by_a_running_domain_are_protected() {
     if !common::kvm_or_skip("volumes_in_use_by_a_running_domain_are_protected") {
@@ -671,11 +679,32 @@ fn volumes_in_use_by_a_running_domain_are_protected() {
             && bytes[guest.len()..].iter().all(|b| *b == 0)
     };
     assert!(holds_guest(&std::fs::read(&kernel).unwrap()));
+    // A linked clone as the domain's disk: the clone and its backing volume are in use.
+    d.ok(&[
+        "vol-create-as",
+        "default",
+        "base.qcow2",
+        "16M",
+        "--format",
+        "qcow2",
+    ]);
+    d.ok(&[
+        "vol-create-as",
+        "default",
+        "top.qcow2",
+        "16M",
+        "--format",
+        "qcow2",
+        "--backing-vol",
+        "base.qcow2",
+    ]);
+    let top = d.ok(&["vol-path", "--pool", "default", "top.qcow2"]);
     let xml = d.path("vm.xml");
     std::fs::write(
         &xml,
         format!(
-            "<domain type='kvm'>\n  <name>vm</name>\n  <memory unit='MiB'>32</memory>\n  <vcpu>1</vcpu>\n  <os>\n    <type arch='x86_64'>hvm</type>\n    <kernel>{kernel}</kernel>\n    <cmdline>console=ttyS0 vtg.quick=1 vtg.action=halt</cmdline>\n  </os>\n</domain>\n"
+            "<domain type='kvm'>\n  <name>vm</name>\n  <memory unit='MiB'>32</memory>\n  <vcpu>1</vcpu>\n  <os>\n    <type arch='x86_64'>hvm</type>\n    <kernel>{kernel}</kernel>\n    <cmdline>console=ttyS0 vtg.quick=1 vtg.action=halt</cmdline>\n  </os>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n  </devices>\n</domain>\n",
+            top.trim()
         ),
     )
     .unwrap();
@@ -690,6 +719,12 @@ fn volumes_in_use_by_a_running_domain_are_protected() {
         assert!(e.contains("in use by running domain 'vm'"), "{e}");
         let e = d.fails(&["vol-upload", &kernel, "/dev/null"]);
         assert!(e.contains("in use by running domain 'vm'"), "{e}");
+        for v in ["top.qcow2", "base.qcow2"] {
+            let e = d.fails(&["vol-resize", "--pool", "default", v, "32M"]);
+            assert!(e.contains("in use by running domain 'vm'"), "{v}: {e}");
+            let e = d.fails(&["vol-delete", "--pool", "default", v]);
+            assert!(e.contains("in use by running domain 'vm'"), "{v}: {e}");
+        }
         assert!(
             holds_guest(&std::fs::read(&kernel).unwrap()),
             "the file is untouched"
@@ -714,4 +749,8 @@ fn volumes_in_use_by_a_running_domain_are_protected() {
         "Vol guest.elf deleted"
     );
     assert!(!Path::new(&kernel).exists());
+    d.ok(&["vol-resize", "--pool", "default", "top.qcow2", "32M"]);
+    qemu_check(Path::new(top.trim()));
+    d.ok(&["vol-delete", "--pool", "default", "top.qcow2"]);
+    d.ok(&["vol-delete", "--pool", "default", "base.qcow2"]);
 }
