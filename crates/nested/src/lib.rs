@@ -113,6 +113,10 @@ pub struct Scenario {
     l1_epilogue: String,
     /// The management daemon and the VMM binary in L1 (`/bin/vireod`, `/bin/vireo-vmm`).
     l1_daemon: bool,
+    /// L1's scripts start the VMMs themselves (no automatic `vireo run`).
+    l1_scripted: bool,
+    /// QEMU (binary, libraries, firmware) in L1, for side-by-side runs.
+    l1_qemu: bool,
     /// L2 additions: host programs (with their libraries, on PATH) and files.
     l2_tools: Vec<String>,
     l2_files: Vec<(String, PathBuf)>,
@@ -194,6 +198,8 @@ impl Scenario {
             l1_script: String::new(),
             l1_epilogue: String::new(),
             l1_daemon: false,
+            l1_scripted: false,
+            l1_qemu: false,
             l2_tools: Vec::new(),
             l2_files: Vec::new(),
         }
@@ -233,6 +239,12 @@ impl Scenario {
     /// Hard limit on the whole QEMU run (default 300 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Memory of the L1 QEMU in MiB (default 1024).
+    pub fn l1_memory(mut self, mib: u32) -> Self {
+        self.l1_memory_mib = mib;
         self
     }
 
@@ -289,10 +301,27 @@ impl Scenario {
     /// the daemon and the guests themselves (no `vireo run`) and print `VIREO-EXIT <n>`.
     pub fn l1_daemon(mut self) -> Self {
         self.l1_daemon = true;
+        self.l1_scripted = true;
         self
     }
 
-    /// Host programs to put in L2's initramfs (with their libraries, on PATH).
+    /// The scenario's L1 prelude and script start the guests themselves (with
+    /// `run_vireo [EXTRA-ARGS]`, or another VMM) instead of one automatic `vireo run`; they
+    /// print `VIREO-EXIT <n>`.
+    pub fn l1_scripted(mut self) -> Self {
+        self.l1_scripted = true;
+        self
+    }
+
+    /// Also put QEMU (`qemu-system-x86_64` with its libraries and the firmware of `-M
+    /// microvm` and `-M q35`) in L1, to run the same guest under both VMMs.
+    pub fn l1_qemu(mut self) -> Self {
+        self.l1_qemu = true;
+        self
+    }
+
+    /// Host programs to put in L2's initramfs (with their libraries, on PATH): names
+    /// looked up on the host's PATH, or paths.
     pub fn l2_tools(mut self, names: &[&str]) -> Self {
         self.l2_tools = names.iter().map(|s| s.to_string()).collect();
         self
@@ -334,9 +363,9 @@ impl Scenario {
             log = shell_quote(&self.vireo_log),
             args = args.join(" "),
         );
-        let run = if self.l1_daemon {
-            // The scripts drive vireod themselves and report VIREO-EXIT.
-            format!("{}\n{}", self.l1_prelude, self.l1_script)
+        let run = if self.l1_scripted {
+            // The scripts start the guests themselves and report VIREO-EXIT.
+            format!("{vireo}\n{}\n{}", self.l1_prelude, self.l1_script)
         } else if self.l1_script.is_empty() {
             format!(
                 "{vireo}\n{}\nrun_vireo\necho \"VIREO-EXIT $?\"",
@@ -362,7 +391,15 @@ impl Scenario {
             run
         };
         let extras = self.l1_extras(p)?;
-        l1_initramfs(p, &l2_kernel, &l2_initrd, &l1_initrd, &run, false, &extras)?;
+        l1_initramfs(
+            p,
+            &l2_kernel,
+            &l2_initrd,
+            &l1_initrd,
+            &run,
+            self.l1_qemu,
+            &extras,
+        )?;
         self.boot_l1(p, &dir, &l1_initrd)
     }
 
@@ -650,15 +687,20 @@ struct L1Extras {
 fn tool_files(names: &[String]) -> Result<Vec<(String, PathBuf, u32)>> {
     let mut files = Vec::new();
     for name in names {
-        let bin = which(name).ok_or_else(|| {
-            Error(format!(
-                "{name} not found on PATH (install the Debian package that has it)"
-            ))
-        })?;
+        // A path is taken as it is; a bare name is looked up on PATH.
+        let bin = if name.contains('/') {
+            PathBuf::from(name)
+        } else {
+            which(name).ok_or_else(|| {
+                Error(format!(
+                    "{name} not found on PATH (install the Debian package that has it)"
+                ))
+            })?
+        };
         for lib in shared_libraries(&bin)? {
             files.push((lib.to_string_lossy().into_owned(), lib, 0o755));
         }
-        files.push((format!("/opt/tools/bin/{name}"), bin, 0o755));
+        files.push((format!("/opt/tools/bin/{}", file_name(&bin)), bin, 0o755));
     }
     Ok(files)
 }
@@ -1256,16 +1298,22 @@ fn vireo_binary() -> Result<PathBuf> {
 
 /// The boot timer L1 runs VMMs under when a boot is measured.
 fn boot_timer_binary() -> Result<PathBuf> {
+    harness_binary("vireo-boot-timer")
+}
+
+/// A program of this crate (`src/bin/NAME.rs`), built in release mode, e.g.
+/// `vireo-disk-bench` for a guest's initramfs ([`Scenario::l2_tools`] takes its path).
+pub fn harness_binary(name: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let target = target_dir();
     output(
         Command::new(cargo)
             .args(["build", "--release", "-q", "-p", "vireo-nested"])
-            .args(["--bin", "vireo-boot-timer"])
+            .args(["--bin", name])
             .env("CARGO_TARGET_DIR", &target)
             .current_dir(workspace_root()),
     )?;
-    let bin = target.join("release/vireo-boot-timer");
+    let bin = target.join("release").join(name);
     if !bin.is_file() {
         return err(format!("{} was not built", bin.display()));
     }
