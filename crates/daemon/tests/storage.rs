@@ -754,3 +754,69 @@ fn volumes_in_use_by_a_running_domain_are_protected() {
     d.ok(&["vol-delete", "--pool", "default", "top.qcow2"]);
     d.ok(&["vol-delete", "--pool", "default", "base.qcow2"]);
 }
+
+/// Raw socket: streams that break the framing are answered with `invalid_request` and the
+/// connection is closed; an aborted upload is reported; the daemon keeps serving.
+#[test]
+fn malformed_upload_streams_are_refused() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    let d = Daemon::start("streams");
+    d.ok(&["vol-create-as", "default", "v.raw", "1M"]);
+    let request = |id: u32| {
+        format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"vol.upload\",\"params\":{{\"pool\":\"default\",\"vol\":\"v.raw\"}}}}\n"
+        )
+    };
+    let read_json = |r: &mut BufReader<UnixStream>| {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        json(&line)
+    };
+    for (frames, what) in [
+        (&b"abc\n"[..], "bad stream frame header"),
+        (&b"2000000\n"[..], "larger than"),
+        (&b"10\nshort"[..], "middle of a stream frame"),
+    ] {
+        let s = UnixStream::connect(d.socket()).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        (&s).write_all(request(1).as_bytes()).unwrap();
+        assert_eq!(read_json(&mut r)["result"]["stream"], true);
+        (&s).write_all(frames).unwrap();
+        if what == "middle of a stream frame" {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let v = read_json(&mut r);
+        assert_eq!(v["id"], 1);
+        assert_eq!(v["error"]["data"]["kind"], "invalid_request", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(what),
+            "{v}"
+        );
+        // Closed: nothing more comes.
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+    // An aborted upload: the bytes before the abort are written, the error says why, and
+    // the connection stays usable.
+    let s = UnixStream::connect(d.socket()).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    (&s).write_all(request(2).as_bytes()).unwrap();
+    assert_eq!(read_json(&mut r)["result"]["stream"], true);
+    (&s).write_all(b"4\nabcdabort\n").unwrap();
+    let v = read_json(&mut r);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("aborted"),
+        "{v}"
+    );
+    (&s).write_all(b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"vol.info\",\"params\":{\"pool\":\"default\",\"vol\":\"v.raw\"}}\n")
+        .unwrap();
+    let v = read_json(&mut r);
+    assert_eq!(v["result"]["capacity"], 1 << 20, "{v}");
+    let on_disk = std::fs::read(d.path("var/lib/vireo/images/v.raw")).unwrap();
+    assert!(on_disk.starts_with(b"abcd"));
+    assert_eq!(on_disk.len(), 1 << 20);
+    d.ok(&["vol-list", "default"]);
+}

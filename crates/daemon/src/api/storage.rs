@@ -329,6 +329,10 @@ struct UploadSource<'a, R: BufRead> {
     writer: &'a Mutex<UnixStream>,
     id: &'a Value,
     accepted: bool,
+    /// Bytes received so far.
+    received: u64,
+    /// Why the stream ended badly (malformed, cut, aborted by the client), if it did.
+    stream_error: Option<String>,
 }
 
 impl<R: BufRead> Read for UploadSource<'_, R> {
@@ -337,7 +341,12 @@ impl<R: BufRead> Read for UploadSource<'_, R> {
             self.accepted = true;
             accept(&mut lock(self.writer), self.id)?;
         }
-        self.frames.read(buf)
+        let r = self.frames.read(buf);
+        match &r {
+            Ok(n) => self.received += *n as u64,
+            Err(e) => self.stream_error = Some(e.to_string()),
+        }
+        r
     }
 }
 
@@ -399,6 +408,8 @@ pub fn upload<R: BufRead>(
         writer,
         id: &id,
         accepted: false,
+        received: 0,
+        stream_error: None,
     };
     let r = m
         .vol_upload(&pool, &vol, &mut src, p.offset, p.length)
@@ -410,14 +421,25 @@ pub fn upload<R: BufRead>(
     }
     // Follow the stream to its end frame (bytes past `length`, or after a failed write).
     let drained = src.frames.drain();
+    if let Err(e) = &drained {
+        src.stream_error.get_or_insert_with(|| e.to_string());
+    }
     let close = src.frames.broken() || drained.is_err();
-    let r = match (r, drained) {
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) if !src.frames.finished() => Err(RpcError::new(
+    // A stream problem explains a failure better than the storage layer's read error.
+    let r = match (&src.stream_error, r) {
+        (Some(e), _) if close => Err(RpcError::new(
             ErrorKind::InvalidRequest,
-            format!("upload stream: {e}"),
+            format!("upload stream to volume '{vol}': {e}"),
         )),
-        (Ok(bytes), _) => Ok(TransferResult { bytes }),
+        (Some(_), Err(_)) => Err(RpcError::new(
+            ErrorKind::OperationInvalid,
+            format!(
+                "upload to volume '{vol}' aborted by the client after {} bytes (they were written)",
+                src.received
+            ),
+        )),
+        (_, Err(e)) => Err(e),
+        (_, Ok(bytes)) => Ok(TransferResult { bytes }),
     };
     outcome(&id, r, close)
 }
