@@ -65,6 +65,10 @@ struct Rig {
 
 /// A device on a fresh `tap=auto` backend, activated with the given features acked.
 fn rig(acked: u64) -> Rig {
+    rig_sized(acked, QSIZE)
+}
+
+fn rig_sized(acked: u64, qsize: u16) -> Rig {
     netns::quiet_ipv6();
     let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
     let backend = Arc::new(NetBackend::open(&TapName::Auto, Some(mac), None).unwrap());
@@ -72,8 +76,8 @@ fn rig(acked: u64) -> Rig {
     let mut dev = VirtioNet::new(backend);
     assert_eq!(acked & !dev.features(), 0, "acking only offered features");
     let mem = memory();
-    let rx = TestQueue::new(RXQ, QSIZE);
-    let tx = TestQueue::new(TXQ, QSIZE);
+    let rx = TestQueue::new(RXQ, qsize);
+    let tx = TestQueue::new(TXQ, qsize);
     let rx_kick = EventFd::new(EFD_NONBLOCK).unwrap();
     let tx_kick = EventFd::new(EFD_NONBLOCK).unwrap();
     let irq = Arc::new(TestIrq::default());
@@ -816,4 +820,91 @@ fn chain_errors_are_classified() {
     let b = RxBuffer::parse(&mem, 0, c);
     assert_eq!(b, Err(ChainError::WrongDirection(0)));
     assert!(!ChainError::TooLong.is_fatal() && ChainError::Broken.is_fatal());
+}
+
+// ---- throughput (a benchmark, not a test: run it explicitly) ----
+
+/// Device throughput between a virtqueue and the TAP, as a ratio of the raw TAP's:
+/// `cargo test -p vireo-devices --release --lib virtio::net::tests::throughput -- --ignored --nocapture`
+/// (root). tx: 1514-byte frames from the tx ring into the TAP vs `write(2)` on the TAP fd;
+/// rx: frames sent into the TAP with a packet socket, taken by the device into rx buffers
+/// vs `read(2)` on the TAP fd, in rounds of 200 (below the TAP's queue length, so none
+/// is dropped).
+#[test]
+#[ignore]
+fn throughput() {
+    const FRAMES: usize = 40_000;
+    const ROUND: usize = 200;
+    let Some(()) = netns::run("virtio-net throughput", || {
+        let secs = |t: std::time::Instant| t.elapsed().as_secs_f64();
+        let frame = frame_from_guest(1500, 0);
+        // Raw TAP write.
+        let raw = NetBackend::open(&TapName::Auto, None, None).unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..FRAMES {
+            raw.tap().write(&frame).unwrap();
+        }
+        let raw_tx = FRAMES as f64 / secs(t);
+        // Raw TAP read of frames a packet socket sends.
+        let host = PacketSocket::bind(raw.tap().name());
+        let to_guest = {
+            let mut f = vec![0x52, 0x54, 0, 0x12, 0x34, 0x56, 2, 0, 0, 0, 0, 1];
+            f.extend_from_slice(&ETHERTYPE);
+            f.resize(1514, 0xab);
+            f
+        };
+        let mut buf = vec![0u8; 70_000];
+        let t = std::time::Instant::now();
+        for _ in 0..FRAMES / ROUND {
+            for _ in 0..ROUND {
+                host.send(&to_guest);
+            }
+            let mut got = 0;
+            while got < ROUND {
+                match raw.tap().read(&mut buf) {
+                    Ok(_) => got += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::yield_now()
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        let raw_rx = FRAMES as f64 / secs(t);
+        drop(host);
+        drop(raw);
+
+        let mut r = rig_sized(bit(vn::VIRTIO_NET_F_MRG_RXBUF), 256);
+        r.write(DATA, &frame);
+        let t = std::time::Instant::now();
+        let mut sent = 0;
+        while sent < FRAMES {
+            for _ in 0..ROUND {
+                r.tx.add(&r.mem, &[(DATA, frame.len() as u32, false)]);
+            }
+            r.kick_tx();
+            sent += ROUND;
+            r.used(false, ROUND);
+        }
+        let dev_tx = FRAMES as f64 / secs(t);
+        let t = std::time::Instant::now();
+        for _ in 0..FRAMES / ROUND {
+            for i in 0..ROUND as u64 {
+                r.rx.add(&r.mem, &[(DATA + 0x1_0000 + i * 2048, 2048, true)]);
+            }
+            r.kick_rx();
+            for _ in 0..ROUND {
+                r.host.send(&to_guest);
+            }
+            r.used(true, ROUND);
+        }
+        let dev_rx = FRAMES as f64 / secs(t);
+        assert_eq!(r.dev.stats().rx_dropped.load(Ordering::Relaxed), 0);
+        let gbit = |fps: f64| fps * 1514.0 * 8.0 / 1e9;
+        println!("virtio-net throughput, {FRAMES} frames of 1514 bytes:");
+        println!("  tx: device {dev_tx:.0} frames/s ({:.2} Gbit/s), raw TAP write {raw_tx:.0}/s; ratio {:.2}", gbit(dev_tx), dev_tx / raw_tx);
+        println!("  rx: device {dev_rx:.0} frames/s ({:.2} Gbit/s), raw TAP read {raw_rx:.0}/s; ratio {:.2}", gbit(dev_rx), dev_rx / raw_rx);
+    }) else {
+        return;
+    };
 }
