@@ -22,7 +22,7 @@ struct Platform {
 
 fn platform() -> Platform {
     let power = Arc::new(PowerEvents::new().unwrap());
-    let mut pio = Bus::new();
+    let pio = Bus::new();
     let serial = Arc::new(Mutex::new(SerialDevice::new(Box::new(io::sink())).unwrap()));
     pio.insert(serial, ports::SERIAL_COM1.into(), SERIAL_PORTS_LEN)
         .unwrap();
@@ -39,7 +39,7 @@ fn platform() -> Platform {
     let pm = Arc::new(Mutex::new(AcpiPmDevice::new(power.clone())));
     pio.insert(pm, ports::ACPI_SLEEP_CONTROL.into(), ACPI_PM_PORTS_LEN)
         .unwrap();
-    let mut mmio = Bus::new();
+    let mmio = Bus::new();
     let ged = Arc::new(Mutex::new(GedDevice::new().unwrap()));
     mmio.insert(
         ged.clone(),

@@ -100,8 +100,8 @@ pub fn build(
     let entry = loader::write_boot_info(&memory, &loaded, &config.cmdline, initrd, Some(rsdp.0))?;
 
     // Platform devices.
-    let mut io_bus = Bus::new();
-    let mut mmio_bus = Bus::new();
+    let io_bus = Bus::new();
+    let mmio_bus = Bus::new();
     let serial = SerialDevice::new(Box::new(platform.console.clone())).map_err(VmmError::Io)?;
     vm.register_irqfd(serial.irq_evt(), irqs::SERIAL_COM1)?;
     let serial = Arc::new(Mutex::new(serial));
