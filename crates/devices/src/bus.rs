@@ -250,7 +250,10 @@ mod tests {
             a.lock().unwrap().writes,
             vec![(0x1000, 4, vec![1]), (0x3000, 4, vec![3])]
         );
-        assert_eq!(bus.relocate(0x1000, 0x4000), Err(BusError::NotFound(0x1000)));
+        assert_eq!(
+            bus.relocate(0x1000, 0x4000),
+            Err(BusError::NotFound(0x1000))
+        );
         // Clones share the map.
         let clone = bus.clone();
         clone.remove(0x3000).unwrap();

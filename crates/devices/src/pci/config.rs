@@ -348,9 +348,6 @@ mod tests {
         c.set_writable(0x48, 0xc000_0000);
         c.write(0x48 / 4, 2, &[0xff, 0xff]);
         assert_eq!(c.read(0x48 / 4) >> 16, 0xc000);
-        assert_eq!(
-            c.add_capability(0x09, &[0; 200]),
-            Err(CapabilityFull(202))
-        );
+        assert_eq!(c.add_capability(0x09, &[0; 200]), Err(CapabilityFull(202)));
     }
 }

@@ -60,8 +60,9 @@ pub trait VmHooks: Send + Sync {
     /// A guest write (any size) to `addr` signals `fd` without leaving KVM.
     fn register_ioevent(&self, fd: &EventFd, addr: u64) -> io::Result<()>;
     fn unregister_ioevent(&self, fd: &EventFd, addr: u64) -> io::Result<()>;
-    /// Drives a level-triggered interrupt line (INTx through the IOAPIC).
-    fn set_irq_line(&self, gsi: u32, level: bool) -> io::Result<()>;
+    /// Sets the level of interrupt source `source` (a slot) on the level-triggered line
+    /// `gsi` (INTx through the IOAPIC); the line is high while any of its sources is.
+    fn set_irq_line(&self, gsi: u32, source: usize, level: bool) -> io::Result<()>;
 }
 
 /// Standard PCI capability ids.
@@ -121,7 +122,7 @@ pub(crate) mod testing {
                 None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
             }
         }
-        fn set_irq_line(&self, gsi: u32, level: bool) -> io::Result<()> {
+        fn set_irq_line(&self, gsi: u32, _source: usize, level: bool) -> io::Result<()> {
             self.lines.lock().unwrap().insert(gsi, level);
             *self.line_changes.lock().unwrap() += 1;
             Ok(())

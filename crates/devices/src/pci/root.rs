@@ -393,7 +393,11 @@ mod tests {
     }
 
     fn cf8(io: &mut PciConfigIo, slot: u32, reg: u32) {
-        io.write(0xcf8, 0, &(0x8000_0000 | slot << 11 | reg << 2).to_le_bytes());
+        io.write(
+            0xcf8,
+            0,
+            &(0x8000_0000 | slot << 11 | reg << 2).to_le_bytes(),
+        );
     }
 
     #[test]
@@ -457,12 +461,16 @@ mod tests {
             vec![(0xc000_0000, 0x10), (0xd000_0000, 0x10)]
         );
         // Onto another device (the ECAM window itself): refused, stays put.
-        bus.insert(Arc::new(Mutex::new(Dummy {
-            config: PciConfig::new(HOST_BRIDGE_IDS),
-            moves: vec![],
-            writes: vec![],
-        })), 0xe000_0000, 0x1000)
-            .unwrap();
+        bus.insert(
+            Arc::new(Mutex::new(Dummy {
+                config: PciConfig::new(HOST_BRIDGE_IDS),
+                moves: vec![],
+                writes: vec![],
+            })),
+            0xe000_0000,
+            0x1000,
+        )
+        .unwrap();
         ecam.write(0, bar0, &0xe000_0000u32.to_le_bytes());
         assert!(bus.write(0xd000_0010, &[1]));
         assert_eq!(dev.lock().unwrap().moves.len(), 1);

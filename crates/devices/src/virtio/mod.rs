@@ -26,6 +26,8 @@ pub mod net;
 pub mod testing;
 pub mod vsock;
 pub mod worker;
+pub mod pci;
+pub mod rng;
 
 pub use virtio_queue::{Queue, QueueT};
 
