@@ -1,4 +1,5 @@
-//! ACPI tables describing a vireo VM to the guest: RSDP → XSDT → FADT (→ DSDT), MADT.
+//! ACPI tables describing a vireo VM to the guest: RSDP → XSDT → FADT (→ DSDT), MADT, and
+//! with PCI the MCFG (ECAM) plus a PCI0 host bridge in the DSDT.
 //!
 //! The platform is "hardware-reduced" ACPI (no PM1 blocks, no SCI, no GPEs): poweroff goes
 //! through the FADT sleep control register, reboot through the reset register, and the
@@ -13,13 +14,14 @@
 //! without `iasl` that test is skipped, so CI must `apt-get install -y acpica-tools`.
 
 use acpi_tables::aml::{
-    self, Device, EISAName, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If,
+    self, AddressSpace as AmlAddressSpace, AddressSpaceCacheable, Device, EISAName, Memory32Fixed, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If,
     Interrupt, Local, Method, Name, Notify, OpRegion, OpRegionSpace, Package, Path,
     ResourceTemplate, Scope, Store, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -52,12 +54,25 @@ const TABLE_ALIGN: u64 = 16;
 pub struct AcpiConfig {
     /// Number of vCPUs; their APIC IDs (and ACPI processor UIDs) are `0..num_cpus`.
     pub num_cpus: u32,
+    /// The PCI root bus, if any: an MCFG table and a PCI0 host bridge in the DSDT.
+    pub pci: Option<PciHostConfig>,
 }
 
 impl Default for AcpiConfig {
     fn default() -> Self {
-        Self { num_cpus: 1 }
+        Self {
+            num_cpus: 1,
+            pci: None,
+        }
     }
+}
+
+/// What the DSDT says about the PCI host bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciHostConfig {
+    /// The 32-bit and 64-bit MMIO windows for BARs: (start, size).
+    pub mmio32: (u64, u64),
+    pub mmio64: (u64, u64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +119,12 @@ pub fn create_acpi_tables<M: GuestMemory>(
     let fadt_addr = place(fadt.len());
     let madt = madt(cfg);
     let madt_addr = place(madt.len());
-    let xsdt = xsdt(&[fadt_addr, madt_addr]);
+    let mut tables = vec![fadt_addr, madt_addr];
+    let mcfg = cfg.pci.map(|_| mcfg());
+    if let Some(mcfg) = &mcfg {
+        tables.push(place(mcfg.len()));
+    }
+    let xsdt = xsdt(&tables);
     let xsdt_addr = place(xsdt.len());
     let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
 
@@ -116,13 +136,17 @@ pub fn create_acpi_tables<M: GuestMemory>(
         });
     }
 
-    for (addr, bytes) in [
+    let mut writes = vec![
         (rsdp_addr, &rsdp),
         (dsdt_addr, &dsdt),
         (fadt_addr, &fadt),
         (madt_addr, &madt),
         (xsdt_addr, &xsdt),
-    ] {
+    ];
+    if let Some(mcfg) = &mcfg {
+        writes.push((tables[2], mcfg));
+    }
+    for (addr, bytes) in writes {
         mem.write_slice(bytes, GuestAddress(addr))?;
     }
     Ok(GuestAddress(rsdp_addr))
@@ -247,12 +271,93 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     );
     isa_device("RTC_", "PNP0B00", 0, ports::CMOS, 2, 8, &mut sb);
     pvpanic(&mut sb);
+    if let Some(pci) = &cfg.pci {
+        pci_host_bridge(pci, &mut sb);
+    }
     body.extend_from_slice(&Scope::raw(Path::new("\\_SB_"), sb));
 
     // Revision 2: 64-bit AML integers.
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"VIREODSD", OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt.as_slice().to_vec()
+}
+
+/// MCFG: where the ECAM window of segment 0 is and which buses it covers.
+fn mcfg() -> Vec<u8> {
+    let mut m = MCFG::new(OEM_ID, *b"VIREOMCF", OEM_REVISION);
+    m.add_ecam(layout::PCI_ECAM_START, 0, 0, layout::PCI_LAST_BUS);
+    to_bytes(&m)
+}
+
+/// The PCI Express root (PNP0A08, compatible with plain PCI PNP0A03): bus range, config
+/// ports, the BAR windows, and INTx routing (_PRT) straight to IOAPIC GSIs. The ECAM
+/// window is also claimed as a motherboard resource (PNP0C02), as Linux wants before it
+/// trusts the MCFG.
+fn pci_host_bridge(pci: &PciHostConfig, sink: &mut Vec<u8>) {
+    let bus = AmlAddressSpace::<u16>::new_bus_number(0, u16::from(layout::PCI_LAST_BUS));
+    let cfg_io = IO::new(
+        layout::PCI_CONFIG_IO_START,
+        layout::PCI_CONFIG_IO_START,
+        1,
+        layout::PCI_CONFIG_IO_SIZE as u8,
+    );
+    let (s32, l32) = pci.mmio32;
+    let mmio32 = AmlAddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        s32 as u32,
+        (s32 + l32 - 1) as u32,
+        None,
+    );
+    let (s64, l64) = pci.mmio64;
+    let mmio64 = AmlAddressSpace::<u64>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        s64,
+        s64 + l64 - 1,
+        None,
+    );
+    let crs = Name::new(
+        Path::new("_CRS"),
+        &ResourceTemplate::new(vec![&bus, &cfg_io, &mmio32, &mmio64]),
+    );
+    // _PRT: (slot address, pin, source 0 = GSI, GSI) for every slot and pin.
+    let mut prt = aml::PackageBuilder::new();
+    for slot in 1..32u32 {
+        for pin in 0..4u32 {
+            let addr = slot << 16 | 0xffff;
+            let gsi = irqs::pci_intx_gsi(slot, pin);
+            let pin = pin as u8;
+            prt.add_element(&Package::new(vec![&addr, &pin, &aml::ZERO, &gsi]));
+        }
+    }
+    Device::new(
+        Path::new("PCI0"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0A08")),
+            &Name::new(Path::new("_CID"), &EISAName::new("PNP0A03")),
+            &Name::new(Path::new("_SEG"), &aml::ZERO),
+            &Name::new(Path::new("_UID"), &aml::ZERO),
+            &Name::new(Path::new("_BBN"), &aml::ZERO),
+            &crs,
+            &Name::new(Path::new("_PRT"), &prt),
+        ],
+    )
+    .to_aml_bytes(sink);
+    let ecam = Memory32Fixed::new(
+        false,
+        layout::PCI_ECAM_START as u32,
+        (layout::PCI_ECAM_BUS_SIZE * (u64::from(layout::PCI_LAST_BUS) + 1)) as u32,
+    );
+    Device::new(
+        Path::new("MRES"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0C02")),
+            &Name::new(Path::new("_UID"), &aml::ZERO),
+            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&ecam])),
+        ],
+    )
+    .to_aml_bytes(sink);
 }
 
 fn power_button(sink: &mut Vec<u8>) {

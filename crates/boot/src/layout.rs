@@ -19,6 +19,7 @@
 //! 0xfec0_0000  IOAPIC
 //! 0xfee0_0000  local APIC
 //! 0x1_0000_0000 RAM above 4 GiB (the part of guest RAM that did not fit below the hole)
+//! (RAM end, 1 GiB-aligned) 64-bit PCI MMIO window (large BARs)
 //! ```
 
 /// Boot GDT and an empty IDT, loaded by the VMM before the first instruction.
@@ -64,9 +65,28 @@ pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 /// 32-bit PCI MMIO window for BARs.
 pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
 pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
-/// PCI Express enhanced configuration space (ECAM), 1 MiB per bus.
+/// PCI Express enhanced configuration space (ECAM), 1 MiB per bus. 256 buses are
+/// reserved; the root bus (bus 0) is the only one decoded and described in the MCFG.
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+/// ECAM bytes per bus, and the bus range vireo implements.
+pub const PCI_ECAM_BUS_SIZE: u64 = 1 << 20;
+pub const PCI_LAST_BUS: u8 = 0;
+/// Port-I/O configuration mechanism #1: address at 0xCF8, data at 0xCFC.
+pub const PCI_CONFIG_IO_START: u16 = 0xcf8;
+pub const PCI_CONFIG_IO_SIZE: u16 = 8;
+/// Size of the 64-bit PCI MMIO window above guest RAM.
+pub const PCI_MMIO64_SIZE: u64 = 32 << 30;
+
+/// The 64-bit PCI MMIO window for a VM with `ram` bytes of RAM: (start, size), starting
+/// at the first 1 GiB boundary above RAM (and above 4 GiB).
+pub fn pci_mmio64_window(ram: u64) -> (u64, u64) {
+    let ram_end = ram_regions(ram)
+        .last()
+        .map_or(0, |r| r.start + r.size)
+        .max(MMIO_HOLE_END);
+    (ram_end.next_multiple_of(1 << 30), PCI_MMIO64_SIZE)
+}
 /// Platform MMIO devices (ACPI GED and friends).
 pub const PLATFORM_MMIO_START: u64 = 0xf000_0000;
 /// ACPI Generic Event Device registers (power button events).
@@ -109,6 +129,16 @@ pub mod irqs {
     pub const SERIAL_COM1: u32 = 4;
     /// ACPI GED (power button) interrupt.
     pub const ACPI_GED: u32 = 9;
+    /// PCI INTx lines: IOAPIC pins 16..24, level-triggered, shared by slots as
+    /// [`pci_intx_gsi`] says (and the DSDT's _PRT tells the guest).
+    pub const PCI_INTX_BASE: u32 = 16;
+    pub const PCI_INTX_LINES: u32 = 8;
+
+    /// The GSI of slot `slot`'s interrupt pin `pin` (0 = INTA# … 3 = INTD#): the usual
+    /// rotation, so that the INTA# of neighbouring slots land on different lines.
+    pub fn pci_intx_gsi(slot: u32, pin: u32) -> u32 {
+        PCI_INTX_BASE + (slot + pin) % PCI_INTX_LINES
+    }
 }
 
 /// One contiguous block of guest RAM.
@@ -160,6 +190,18 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].size + r[1].size, 4 << 30);
         assert_eq!(r[1].start, 1 << 32);
+    }
+
+    #[test]
+    fn pci_windows_stay_clear_of_ram_and_each_other() {
+        assert_eq!(pci_mmio64_window(512 << 20).0, 1 << 32);
+        assert_eq!(pci_mmio64_window(4 << 30).0, 5 << 30);
+        assert_eq!(pci_mmio64_window((4 << 30) + 1).0, 6 << 30);
+        assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
+        assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= PLATFORM_MMIO_START);
+        assert_eq!(irqs::pci_intx_gsi(1, 0), 17);
+        assert_eq!(irqs::pci_intx_gsi(7, 1), 16);
+        assert!((0..32).all(|s| (16..24).contains(&irqs::pci_intx_gsi(s, 3))));
     }
 
     #[test]

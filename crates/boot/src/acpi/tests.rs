@@ -71,8 +71,38 @@ fn walk(mem: &GuestMemoryMmap<()>, rsdp_addr: GuestAddress) -> BTreeMap<String, 
 
 fn build(num_cpus: u32) -> BTreeMap<String, Vec<u8>> {
     let mem = guest_mem();
-    let rsdp = create_acpi_tables(&mem, &AcpiConfig { num_cpus }).unwrap();
+    let rsdp = create_acpi_tables(
+        &mem,
+        &AcpiConfig {
+            num_cpus,
+            pci: Some(PCI),
+        },
+    )
+    .unwrap();
     walk(&mem, rsdp)
+}
+
+const PCI: PciHostConfig = PciHostConfig {
+    mmio32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_SIZE),
+    mmio64: (1 << 32, layout::PCI_MMIO64_SIZE),
+};
+
+#[test]
+fn without_pci_there_is_no_mcfg_and_no_pci0() {
+    let mem = guest_mem();
+    let rsdp = create_acpi_tables(&mem, &AcpiConfig::default()).unwrap();
+    let t = walk(&mem, rsdp);
+    assert!(!t.contains_key("MCFG"));
+    assert!(!contains(&t["DSDT"], b"PCI0"));
+}
+
+#[test]
+fn mcfg_points_at_the_ecam_for_bus_0() {
+    let t = build(1);
+    let m = &t["MCFG"];
+    assert_eq!(m.len(), 44 + 16);
+    assert_eq!(u64_at(m, 44), layout::PCI_ECAM_START);
+    assert_eq!(&m[52..56], &[0, 0, 0, 0], "segment 0, buses 0..=0");
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -83,7 +113,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn pointers_resolve_and_checksums_hold() {
     let t = build(2);
     let sigs: Vec<_> = t.keys().cloned().collect();
-    assert_eq!(sigs, ["APIC", "DSDT", "FACP", "XSDT"]);
+    assert_eq!(sigs, ["APIC", "DSDT", "FACP", "MCFG", "XSDT"]);
 }
 
 /// Generic Address Structure: space, bit width, bit offset, access size, address.
@@ -163,10 +193,10 @@ fn madt_has_one_enabled_lapic_per_cpu() {
 fn rejects_zero_and_too_many_cpus() {
     let mem = guest_mem();
     assert!(matches!(
-        create_acpi_tables(&mem, &AcpiConfig { num_cpus: 0 }),
+        create_acpi_tables(&mem, &AcpiConfig { num_cpus: 0, pci: None }),
         Err(AcpiError::NoCpus)
     ));
-    let err = create_acpi_tables(&mem, &AcpiConfig { num_cpus: 256 }).unwrap_err();
+    let err = create_acpi_tables(&mem, &AcpiConfig { num_cpus: 256, pci: None }).unwrap_err();
     assert!(matches!(err, AcpiError::TooManyCpus(256)));
     assert!(err.to_string().contains("at most 255"), "{err}");
 }
@@ -230,11 +260,12 @@ fn iasl_disassembles_the_tables() {
         ("FACP", "facp"),
         ("APIC", "apic"),
         ("XSDT", "xsdt"),
+        ("MCFG", "mcfg"),
     ] {
         std::fs::write(dir.join(format!("{file}.dat")), &t[sig]).unwrap();
     }
 
-    let expect: [(&str, &[&str]); 4] = [
+    let expect: [(&str, &[&str]); 5] = [
         (
             "dsdt",
             &[
@@ -252,7 +283,26 @@ fn iasl_disassembles_the_tables() {
                 "\"QEMU0001\"",
                 "IO (Decode16,\n                    0x0505,",
                 "SystemMemory, 0xF0000000",
+                "EisaId (\"PNP0A08\")",
+                "EisaId (\"PNP0A03\")",
+                "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode,",
+                "0x0001,             // Length",
+                "0x0CF8,             // Range Minimum",
+                "0xC0000000,         // Range Minimum",
+                "0xDFFFFFFF,         // Range Maximum",
+                "0x0000000100000000, // Range Minimum",
+                "0x0000000800000000, // Length",
+                "Name (_PRT, Package (0x7C)",
+                "0x0001FFFF, ",
+                "EisaId (\"PNP0C02\")",
+                "Memory32Fixed (ReadOnly,",
+                "0xE0000000,         // Address Base",
+                "0x00100000,         // Address Length",
             ],
+        ),
+        (
+            "mcfg",
+            &["Base Address : 00000000E0000000", "End Bus Number : 00"],
         ),
         (
             "facp",
