@@ -14,9 +14,10 @@
 //! without `iasl` that test is skipped, so CI must `apt-get install -y acpica-tools`.
 
 use acpi_tables::aml::{
-    self, AddressSpace as AmlAddressSpace, AddressSpaceCacheable, Device, EISAName, Memory32Fixed, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If,
-    Interrupt, Local, Method, Name, Notify, OpRegion, OpRegionSpace, Package, Path,
-    ResourceTemplate, Scope, Store, IO,
+    self, AddressSpace as AmlAddressSpace, AddressSpaceCacheable, Device, EISAName, Field,
+    FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local,
+    Memory32Fixed, Method, Name, Notify, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate,
+    Scope, Store, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};

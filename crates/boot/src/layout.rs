@@ -197,8 +197,10 @@ mod tests {
         assert_eq!(pci_mmio64_window(512 << 20).0, 1 << 32);
         assert_eq!(pci_mmio64_window(4 << 30).0, 5 << 30);
         assert_eq!(pci_mmio64_window((4 << 30) + 1).0, 6 << 30);
-        assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
-        assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= PLATFORM_MMIO_START);
+        const {
+            assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
+            assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= PLATFORM_MMIO_START);
+        };
         assert_eq!(irqs::pci_intx_gsi(1, 0), 17);
         assert_eq!(irqs::pci_intx_gsi(7, 1), 16);
         assert!((0..32).all(|s| (16..24).contains(&irqs::pci_intx_gsi(s, 3))));

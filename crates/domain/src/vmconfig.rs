@@ -88,7 +88,18 @@ fn device(d: &Device, cfg: &mut VmConfig) -> Result<(), DomainError> {
             cfg.nets.push(interface(i)?);
             Ok(())
         }
-        Device::Rng(_) => Err(DomainError::not_runnable("/domain/devices/rng", LATER)),
+        // Every backend maps to the VMM's getrandom(2): the host kernel's CSPRNG, which is
+        // what /dev/urandom and (since Linux 5.6) /dev/random read too.
+        Device::Rng(_) => {
+            if cfg.rng.is_some() {
+                return Err(DomainError::not_runnable(
+                    "/domain/devices/rng[2]",
+                    "vireo runs one virtio-rng device per VM",
+                ));
+            }
+            cfg.rng = Some(vireo_vmm::RngConfig::default());
+            Ok(())
+        }
         Device::Vsock(_) => Err(DomainError::not_runnable("/domain/devices/vsock", LATER)),
         Device::Memballoon(Memballoon {
             model: BalloonModel::Virtio,

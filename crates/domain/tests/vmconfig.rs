@@ -99,10 +99,6 @@ fn devices_the_vmm_cannot_run_yet_are_named() {
             "/domain/devices/interface[@type='network'] (network 'default') cannot be run yet: vireo has no virtual networks yet: use type='bridge' with <source bridge=…/>, or type='ethernet' with <target dev=…/> naming a TAP",
         ),
         (
-            "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
-            "/domain/devices/rng cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci)",
-        ),
-        (
             "<vsock model='virtio'><cid auto='yes'/></vsock>",
             "/domain/devices/vsock cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci)",
         ),
@@ -268,5 +264,38 @@ fn direct_kernel_boot_required_and_localtime() {
     assert_eq!(
         d.to_vm_config(ConsoleConfig::Stdio).unwrap_err().to_string(),
         "/domain/clock[@offset='localtime'] cannot be run yet: vireo's real-time clock runs in UTC for now (use offset='utc')"
+    );
+}
+
+#[test]
+fn rng_maps_to_the_virtio_rng_device() {
+    for backend in [
+        "<backend model='random'>/dev/urandom</backend>",
+        "<backend model='random'>/dev/random</backend>",
+        "<backend model='builtin'/>",
+    ] {
+        let cfg = small(
+            "",
+            "restart",
+            &format!("<rng model='virtio'>{backend}</rng>"),
+        )
+        .to_vm_config(ConsoleConfig::Stdio)
+        .unwrap();
+        assert_eq!(cfg.rng, Some(vireo_vmm::RngConfig::default()), "{backend}");
+    }
+    let cfg = small("", "restart", "")
+        .to_vm_config(ConsoleConfig::Stdio)
+        .unwrap();
+    assert_eq!(cfg.rng, None);
+    let e = small(
+        "",
+        "restart",
+        "<rng model='virtio'><backend model='builtin'/></rng><rng model='virtio'><backend model='builtin'/></rng>",
+    )
+    .to_vm_config(ConsoleConfig::Stdio)
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/domain/devices/rng[2] cannot be run yet: vireo runs one virtio-rng device per VM"
     );
 }

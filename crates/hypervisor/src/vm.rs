@@ -1,5 +1,7 @@
 //! The KVM VM: memory slots, in-kernel interrupt controllers and PIT, interrupt eventfds.
 
+use std::sync::Arc;
+
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vireo_boot::layout;
@@ -40,7 +42,8 @@ pub fn max_vcpus(kvm: &Kvm) -> usize {
 
 /// A KVM virtual machine with its guest memory registered.
 pub struct Vm {
-    fd: VmFd,
+    // Shared with the device manager (irqfds, ioeventfds, GSI routes from device threads).
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
@@ -60,7 +63,7 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(kvm_op("KVM_CREATE_PIT2"))?;
-        Ok(Self { fd })
+        Ok(Self { fd: Arc::new(fd) })
     }
 
     /// Registers every region of `mem` as a KVM memory slot.
@@ -96,5 +99,10 @@ impl Vm {
 
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// The VM file descriptor, for device code that outlives a borrow of the VM.
+    pub fn shared_fd(&self) -> Arc<VmFd> {
+        self.fd.clone()
     }
 }

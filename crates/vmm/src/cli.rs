@@ -11,12 +11,12 @@ use clap::Args;
 use vireo_hypervisor::CpuTemplate;
 
 use crate::config::{
-    parse_size, ConfigError, ConsoleConfig, DiskConfig, NetConfig, VmConfig, VmmOptions,
+    parse_size, ConfigError, ConsoleConfig, DiskConfig, NetConfig, RngConfig, VmConfig, VmmOptions,
     DEFAULT_CMDLINE,
 };
 
 /// The flags that `--config` replaces.
-const VM_FLAGS: [&str; 9] = [
+const VM_FLAGS: [&str; 10] = [
     "disks",
     "kernel",
     "initrd",
@@ -26,6 +26,7 @@ const VM_FLAGS: [&str; 9] = [
     "cpu_template",
     "no_reboot",
     "nets",
+    "rng",
 ];
 
 /// Flags describing a one-off VM.
@@ -74,6 +75,9 @@ pub struct RunArgs {
     /// generated 52:54:00:xx:xx:xx; bridge=BR adds the TAP to a host bridge.
     #[arg(long = "net", value_name = "tap=NAME|auto,mac=MAC,bridge=BR")]
     pub nets: Vec<NetConfig>,
+    /// A virtio-rng device (PCI) fed from the host's getrandom(2): the guest's /dev/hwrng.
+    #[arg(long)]
+    pub rng: bool,
     /// Listen for control commands (JSON, one per line) on this unix socket; SIGHUP is then
     /// ignored (see docs/vmm-api.md).
     #[arg(long, value_name = "PATH")]
@@ -116,6 +120,7 @@ impl RunArgs {
                 no_reboot: self.no_reboot,
                 disks: self.disks.clone(),
                 nets: self.nets.clone(),
+                rng: self.rng.then(RngConfig::default),
                 ..Default::default()
             },
         };
@@ -191,6 +196,12 @@ mod tests {
         assert_eq!(c.nets[1].mac.as_deref(), Some("52:54:00:00:00:07"));
         let e = parse(&["--kernel", "/k", "--net", "mac=ff:ff:ff:ff:ff:ff"]).unwrap_err();
         assert!(e.contains("--net") && e.contains("multicast"), "{e}");
+        assert_eq!(c.rng, None);
+        let c = parse(&["--kernel", "/k", "--rng"])
+            .unwrap()
+            .vm_config()
+            .unwrap();
+        assert_eq!(c.rng, Some(RngConfig::default()));
         assert_eq!(c.memory, crate::config::DEFAULT_MEMORY);
     }
 
@@ -263,6 +274,7 @@ mod tests {
             &["--no-reboot"],
             &["--disk", "path=/d"],
             &["--net", "tap=auto"],
+            &["--rng"],
         ] {
             let mut args = vec!["--config", "/c.json"];
             args.extend_from_slice(flag);

@@ -14,6 +14,7 @@ pub mod config;
 pub mod conn;
 pub mod console;
 pub mod controller;
+pub mod device_manager;
 pub mod exit_file;
 pub mod net;
 pub mod signals;
@@ -31,7 +32,10 @@ use vireo_devices::PowerRequest;
 use vireo_hypervisor::memory::host_memory_bytes;
 use vireo_hypervisor::vm::{max_vcpus, open_kvm};
 
-pub use config::{ConsoleConfig, VmConfig, VmmOptions};
+pub use config::{
+    BalloonConfig, ConsoleConfig, DiskConfig, DiskFormat, NetConfig, RngConfig, VmConfig,
+    VmmOptions, VsockConfig,
+};
 pub use vcpu_thread::GuestFailure;
 
 /// Everything that can stop a VM from starting or running.
@@ -191,7 +195,7 @@ fn boot_loop(
         host_memory_bytes(),
         max_vcpus(&kvm).try_into().unwrap_or(u32::MAX),
     )?;
-    let platform = vm_builder::Platform::new(config, start, ctl.console_hub())?;
+    let platform = vm_builder::Platform::new(config, start, ctl.console_hub(), backends)?;
     ctl.watch_platform(&platform)?;
     let _terminal = console::TerminalGuard::new(config.console == ConsoleConfig::Stdio);
     loop {

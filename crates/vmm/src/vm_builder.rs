@@ -21,7 +21,9 @@ use vireo_hypervisor::memory::create_guest_memory;
 use vireo_hypervisor::{GuestMemoryMmap, Vcpu, Vm};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::backends::Backends;
 use crate::console::{ConsoleHub, ConsoleOutput};
+use crate::device_manager::{self, PciDevices};
 use crate::vcpu_thread::{self, VcpuControl, VcpuShared, VcpuStats};
 use crate::{VmConfig, VmmError};
 
@@ -35,19 +37,24 @@ pub struct Platform {
     pub power: Arc<PowerEvents>,
     /// Signalled when the guest writes the boot-complete marker to port 0x80.
     pub boot_marker: EventFd,
+    /// Backends of the virtio devices (image files, TAPs, sockets), opened once.
+    pub backends: Backends,
 }
 
 impl Platform {
-    /// `hub` serves a socket console (`config.console` = socket).
+    /// `hub` serves a socket console (`config.console` = socket); `backends` were opened
+    /// before KVM was (see [`Backends::open`]).
     pub fn new(
         config: &VmConfig,
         start: Instant,
         hub: Option<&Arc<ConsoleHub>>,
+        backends: Backends,
     ) -> Result<Self, VmmError> {
         let boot_marker = EventFd::new(EFD_NONBLOCK).map_err(VmmError::Io)?;
         let mut post_code = PostCode::new(start);
         post_code.set_marker_notifier(boot_marker.try_clone().map_err(VmmError::Io)?);
         Ok(Self {
+            backends,
             console: ConsoleOutput::open(config, hub).map_err(VmmError::Console)?,
             cmos: Arc::new(Mutex::new(Cmos::new(config.memory))),
             post_code: Arc::new(Mutex::new(post_code)),
@@ -67,6 +74,8 @@ pub struct RunningVm {
     pub threads: Vec<JoinHandle<()>>,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub ged: Arc<Mutex<GedDevice>>,
+    /// The PCI root bus and the virtio devices on it.
+    pub pci: PciDevices,
 }
 
 /// Builds the VM for one boot and starts its vCPUs, running or (`paused`) parked before
@@ -92,6 +101,7 @@ pub fn build(
         &memory,
         &AcpiConfig {
             num_cpus: config.cpus,
+            pci: Some(device_manager::pci_windows(config.memory)),
         },
     )
     .map_err(|e| VmmError::Acpi(e.to_string()))?;
@@ -133,6 +143,15 @@ pub fn build(
             layout::ACPI_GED_MMIO_SIZE,
         )
         .map_err(|e| VmmError::Device(e.to_string()))?;
+    let pci = device_manager::build_pci(
+        kvm,
+        vm.shared_fd(),
+        &memory,
+        config,
+        &platform.backends,
+        &io_bus,
+        &mmio_bus,
+    )?;
 
     // vCPUs: all created and configured before any runs, so that the boot vCPU can start
     // the others.
@@ -163,5 +182,6 @@ pub fn build(
         threads,
         serial,
         ged,
+        pci,
     })
 }

@@ -193,10 +193,23 @@ fn madt_has_one_enabled_lapic_per_cpu() {
 fn rejects_zero_and_too_many_cpus() {
     let mem = guest_mem();
     assert!(matches!(
-        create_acpi_tables(&mem, &AcpiConfig { num_cpus: 0, pci: None }),
+        create_acpi_tables(
+            &mem,
+            &AcpiConfig {
+                num_cpus: 0,
+                pci: None
+            }
+        ),
         Err(AcpiError::NoCpus)
     ));
-    let err = create_acpi_tables(&mem, &AcpiConfig { num_cpus: 256, pci: None }).unwrap_err();
+    let err = create_acpi_tables(
+        &mem,
+        &AcpiConfig {
+            num_cpus: 256,
+            pci: None,
+        },
+    )
+    .unwrap_err();
     assert!(matches!(err, AcpiError::TooManyCpus(256)));
     assert!(err.to_string().contains("at most 255"), "{err}");
 }

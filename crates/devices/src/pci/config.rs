@@ -104,7 +104,7 @@ impl PciConfig {
 
     /// Declares memory BAR `index` at `addr` (aligned to `size`, a power of two ≥ 16).
     pub fn add_bar(&mut self, index: usize, addr: u64, size: u64, kind: BarKind) {
-        assert!(size.is_power_of_two() && size >= 16 && addr % size == 0);
+        assert!(size.is_power_of_two() && size >= 16 && addr.is_multiple_of(size));
         assert!(index < 6 && (kind == BarKind::Mem32 || index < 5));
         self.bars[index] = Some(Bar {
             addr,

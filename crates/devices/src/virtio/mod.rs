@@ -22,12 +22,12 @@ pub mod block;
 pub mod console;
 pub mod descriptors;
 pub mod net;
+pub mod pci;
+pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod vsock;
 pub mod worker;
-pub mod pci;
-pub mod rng;
 
 pub use virtio_queue::{Queue, QueueT};
 

@@ -164,10 +164,7 @@ fn serve(mut q: ActiveQueue, mem: GuestMemory, interrupt: Arc<dyn VirtioInterrup
 /// for a reset and stops serving it).
 pub fn process(q: &mut ActiveQueue, mem: &GuestMemory, interrupt: &dyn VirtioInterrupt) -> bool {
     let mut buf = vec![0u8; 4096];
-    loop {
-        let Some(chain) = q.queue.pop_descriptor_chain(mem) else {
-            break;
-        };
+    while let Some(chain) = q.queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();
         let mut written: usize = 0;
         let mut ok = true;
