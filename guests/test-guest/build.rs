@@ -7,6 +7,8 @@ use std::process::Command;
 
 const SOURCES: &[&str] = &["guest/entry.S", "guest/main.c"];
 const LINKER_SCRIPT: &str = "guest/linker.ld";
+/// Files `#include`d by the sources (rebuild when they change).
+const INCLUDED: &[&str] = &["guest/virtio.c"];
 
 const CFLAGS: &[&str] = &[
     "-m64",
@@ -53,6 +55,9 @@ fn main() {
     let cc = env::var("VIREO_GUEST_CC").unwrap_or_else(|_| "gcc".to_string());
     println!("cargo:rerun-if-env-changed=VIREO_GUEST_CC");
     println!("cargo:rerun-if-changed={LINKER_SCRIPT}");
+    for inc in INCLUDED {
+        println!("cargo:rerun-if-changed={inc}");
+    }
 
     let mut objs = Vec::new();
     for src in SOURCES {

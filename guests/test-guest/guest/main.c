@@ -1111,6 +1111,9 @@ static void check_rtc(void)
 /* ------------------------------------------------------------------ */
 /* Actions                                                             */
 /* ------------------------------------------------------------------ */
+/* The virtio-pci driver (vtg.action=rng): a file of its own, built as part of this one. */
+#include "virtio.c"
+
 static char action[32] = "poweroff";
 static u32 boot_count;
 
@@ -1264,6 +1267,9 @@ static NORETURN void run_action(void)
         a = "poweroff";
     } else if (streq(a, "wait-powerbutton")) {
         wait_power_button();
+        a = "poweroff";
+    } else if (streq(a, "rng")) {
+        virtio_rng_action();
         a = "poweroff";
     }
     if (streq(a, "poweroff")) {
