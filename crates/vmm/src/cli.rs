@@ -11,12 +11,13 @@ use clap::Args;
 use vireo_hypervisor::CpuTemplate;
 
 use crate::config::{
-    parse_size, ConfigError, ConsoleConfig, DiskConfig, NetConfig, RngConfig, VmConfig, VmmOptions,
-    DEFAULT_CMDLINE,
+    parse_size, BalloonConfig, ConfigError, ConsoleConfig, DiskConfig, NetConfig, RngConfig,
+    VmConfig, VmmOptions, VsockConfig, DEFAULT_CMDLINE,
 };
 
 /// The flags that `--config` replaces.
-const VM_FLAGS: [&str; 10] = [
+const VM_FLAGS: [&str; 12] = [
+    "balloon",
     "disks",
     "kernel",
     "initrd",
@@ -27,6 +28,7 @@ const VM_FLAGS: [&str; 10] = [
     "no_reboot",
     "nets",
     "rng",
+    "vsock",
 ];
 
 /// Flags describing a one-off VM.
@@ -51,10 +53,12 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
-    /// Serial console: stdio (the default), file:PATH, or socket:PATH (a unix socket
-    /// that console clients connect to).
-    #[arg(long, value_name = "stdio|file:PATH|socket:PATH")]
-    pub console: Option<ConsoleConfig>,
+    /// Console: stdio (the default), file:PATH, or socket:PATH (a unix socket that
+    /// console clients connect to); `virtio` puts the guest console on a virtio-console
+    /// (hvc0) instead of the serial port, with the same backend (repeat the flag to give
+    /// both, e.g. `--console virtio --console socket:PATH`).
+    #[arg(long, value_name = "stdio|file:PATH|socket:PATH|virtio")]
+    pub console: Vec<ConsoleFlag>,
     /// Also append every byte of serial output to this file.
     #[arg(long, value_name = "PATH")]
     pub console_log: Option<PathBuf>,
@@ -78,6 +82,15 @@ pub struct RunArgs {
     /// A virtio-rng device (PCI) fed from the host's getrandom(2): the guest's /dev/hwrng.
     #[arg(long)]
     pub rng: bool,
+    /// A virtio-vsock device: the guest's context id and the host's unix socket (host
+    /// programs connect to PATH and write `CONNECT <port>`; guest connections to host
+    /// port P go to PATH_P).
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-balloon device, driven through the control API (balloon-set,
+    /// query-balloon); deflate-on-oom=on lets the guest take memory back under pressure.
+    #[arg(long, value_name = "deflate-on-oom=on", num_args = 0..=1, default_missing_value = "")]
+    pub balloon: Option<BalloonConfig>,
     /// Listen for control commands (JSON, one per line) on this unix socket; SIGHUP is then
     /// ignored (see docs/vmm-api.md).
     #[arg(long, value_name = "PATH")]
@@ -121,16 +134,61 @@ impl RunArgs {
                 disks: self.disks.clone(),
                 nets: self.nets.clone(),
                 rng: self.rng.then(RngConfig::default),
+                vsock: self.vsock.clone(),
+                balloon: self.balloon.clone(),
                 ..Default::default()
             },
         };
-        if let Some(console) = &self.console {
-            config.console = console.clone();
+        let mut backends = 0;
+        for flag in &self.console {
+            match flag {
+                ConsoleFlag::Backend(console) => {
+                    backends += 1;
+                    if backends > 1 {
+                        return Err(ConfigError::Device(
+                            "--console: more than one of stdio, file:PATH, socket:PATH".into(),
+                        ));
+                    }
+                    config.console = console.clone();
+                }
+                ConsoleFlag::Virtio => {
+                    config.virtio_console = true;
+                    // The default command line names the serial port; the console is on
+                    // hvc0 now.
+                    if config.cmdline == DEFAULT_CMDLINE {
+                        config.cmdline = VIRTIO_CONSOLE_CMDLINE.to_string();
+                    }
+                }
+            }
         }
         if let Some(log) = &self.console_log {
             config.console_log = Some(log.clone());
         }
         Ok(config)
+    }
+}
+
+/// The default command line when the console is a virtio-console.
+pub const VIRTIO_CONSOLE_CMDLINE: &str = "console=hvc0";
+
+/// One `--console` value: where the console goes, or which device carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleFlag {
+    Backend(ConsoleConfig),
+    /// `virtio`: a virtio-console (hvc0) instead of the serial port.
+    Virtio,
+}
+
+impl std::str::FromStr for ConsoleFlag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "virtio" => Ok(ConsoleFlag::Virtio),
+            _ => s
+                .parse()
+                .map(ConsoleFlag::Backend)
+                .map_err(|e: String| e.replace("(use stdio,", "(use virtio, stdio,")),
+        }
     }
 }
 
@@ -310,5 +368,76 @@ mod tests {
         assert_eq!(c.console, ConsoleConfig::Socket("/s".into()));
         assert_eq!(c.console_log, Some("/l2".into()));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn vsock_balloon_and_virtio_console_flags() {
+        let c = parse(&[
+            "--kernel",
+            "/k",
+            "--vsock",
+            "cid=7,socket=/run/v",
+            "--balloon",
+            "--console",
+            "virtio",
+            "--console",
+            "socket:/run/c",
+        ])
+        .unwrap()
+        .vm_config()
+        .unwrap();
+        assert_eq!(
+            c.vsock,
+            Some(VsockConfig {
+                cid: 7,
+                socket: "/run/v".into()
+            })
+        );
+        assert_eq!(c.balloon, Some(BalloonConfig::default()));
+        assert!(c.virtio_console);
+        assert_eq!(c.console, ConsoleConfig::Socket("/run/c".into()));
+        assert_eq!(c.cmdline, VIRTIO_CONSOLE_CMDLINE);
+        // An explicit command line is kept; balloon options; nothing given, nothing added.
+        let c = parse(&[
+            "--kernel",
+            "/k",
+            "--cmdline",
+            "console=hvc0 quiet",
+            "--console",
+            "virtio",
+            "--balloon=deflate-on-oom=on",
+        ])
+        .unwrap()
+        .vm_config()
+        .unwrap();
+        assert_eq!(c.cmdline, "console=hvc0 quiet");
+        assert!(c.balloon.unwrap().deflate_on_oom);
+        let c = parse(&["--kernel", "/k"]).unwrap().vm_config().unwrap();
+        assert_eq!((c.vsock, c.balloon, c.virtio_console), (None, None, false));
+        // Bad values name the flag.
+        for (args, want) in [
+            (&["--vsock", "cid=1,socket=/s"][..], "cid=1 is out of range"),
+            (&["--balloon=big"], "--balloon: unknown option"),
+            (&["--console", "virtio-serial"], "use virtio, stdio"),
+        ] {
+            let mut all = vec!["--kernel", "/k"];
+            all.extend_from_slice(args);
+            let e = parse(&all).unwrap_err();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        let e = parse(&[
+            "--kernel",
+            "/k",
+            "--console",
+            "stdio",
+            "--console",
+            "file:/f",
+        ])
+        .unwrap()
+        .vm_config()
+        .unwrap_err();
+        assert!(e.to_string().contains("more than one"), "{e}");
+        // With --config, the device flags are refused like the other VM flags.
+        assert!(parse(&["--config", "/c.json", "--balloon"]).is_err());
     }
 }

@@ -313,6 +313,9 @@ impl VmConfig {
             net.check()
                 .map_err(|why| ConfigError::Net { index: i + 1, why })?;
         }
+        if let Some(v) = &self.vsock {
+            v.check().map_err(ConfigError::Device)?;
+        }
         Ok(())
     }
 }

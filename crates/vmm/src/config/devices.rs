@@ -240,15 +240,115 @@ pub struct VsockConfig {
     /// The guest's context id (3 or more).
     #[serde(default)]
     pub cid: u64,
-    /// Host side: a unix socket path (per-port sockets derive from it).
+    /// Host side: a unix socket path that host clients connect to (`CONNECT <port>`);
+    /// guest connections to host port P go to `PATH_P`.
     #[serde(default)]
     pub socket: PathBuf,
 }
 
-/// The virtio-balloon device (`--balloon`).
+pub use vireo_devices::virtio::vsock::backend::{MAX_GUEST_CID, MIN_GUEST_CID};
+
+/// Longest `--vsock socket=` path: a unix socket path holds 107 bytes, and `_PORT` (up to
+/// 11 bytes) is appended for guest → host connections.
+pub const MAX_VSOCK_PATH: usize = 96;
+
+impl VsockConfig {
+    /// Checks the context id and the path without touching the host.
+    pub fn check(&self) -> Result<(), String> {
+        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&self.cid) {
+            return Err(format!(
+                "--vsock: cid={} is out of range ({MIN_GUEST_CID}..={MAX_GUEST_CID}; 0-2 are \
+                 reserved)",
+                self.cid
+            ));
+        }
+        let len = self.socket.as_os_str().len();
+        if len == 0 {
+            return Err("--vsock: socket=PATH is missing".into());
+        }
+        if len > MAX_VSOCK_PATH {
+            return Err(format!(
+                "--vsock: socket path is {len} bytes; at most {MAX_VSOCK_PATH} fit a unix socket \
+                 address with its _PORT suffix"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `cid=N,socket=PATH` (`,,` is a comma in the path).
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut c = VsockConfig::default();
+        let (mut cid, mut socket) = (None, None);
+        for item in key_values(s).into_iter().filter(|i| !i.is_empty()) {
+            let Some((key, value)) = item.split_once('=') else {
+                return Err(format!(
+                    "--vsock: '{}' is not key=value (keys: cid, socket)",
+                    item.escape_default()
+                ));
+            };
+            let slot = match key {
+                "cid" => &mut cid,
+                "socket" | "path" | "uds_path" => &mut socket,
+                _ => {
+                    return Err(format!(
+                        "--vsock: unknown key '{}' (keys: cid, socket)",
+                        key.escape_default()
+                    ))
+                }
+            };
+            if slot.replace(value.to_string()).is_some() {
+                return Err(format!("--vsock: {key}= is given twice"));
+            }
+        }
+        let cid = cid.ok_or("--vsock: cid=N is missing")?;
+        c.cid = cid
+            .parse()
+            .map_err(|_| format!("--vsock: cid={cid}: not a number"))?;
+        c.socket = PathBuf::from(socket.ok_or("--vsock: socket=PATH is missing")?);
+        c.check()?;
+        Ok(c)
+    }
+}
+
+/// The virtio-balloon device (`--balloon[=deflate-on-oom=on]`). Its target is set at run
+/// time through the control API (`balloon-set`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BalloonConfig {}
+pub struct BalloonConfig {
+    /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM: the guest may take pages back from the
+    /// balloon rather than run out of memory.
+    #[serde(default)]
+    pub deflate_on_oom: bool,
+}
+
+/// `` (nothing) or `deflate-on-oom=on|off`.
+impl std::str::FromStr for BalloonConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut c = BalloonConfig::default();
+        for item in s.split(',').filter(|i| !i.is_empty()) {
+            match item.split_once('=') {
+                Some(("deflate-on-oom" | "deflate_on_oom", v)) => {
+                    c.deflate_on_oom = match v {
+                        "on" | "yes" | "true" => true,
+                        "off" | "no" | "false" => false,
+                        _ => return Err(format!("--balloon: deflate-on-oom={v}: use on or off")),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "--balloon: unknown option '{}' (use deflate-on-oom=on|off)",
+                        item.escape_default()
+                    ))
+                }
+            }
+        }
+        Ok(c)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -286,5 +386,63 @@ mod tests {
         let n: NetConfig = serde_json::from_str(r#"{"tap":"tap1"}"#).unwrap();
         assert_eq!(n.bridge, None);
         assert!(serde_json::from_str::<NetConfig>(r#"{"tapp":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn vsock_flag_parses_and_checks() {
+        let v: VsockConfig = "cid=3,socket=/run/v.sock".parse().unwrap();
+        assert_eq!(
+            v,
+            VsockConfig {
+                cid: 3,
+                socket: "/run/v.sock".into()
+            }
+        );
+        let v: VsockConfig = "socket=/a,,b,cid=4294967294".parse().unwrap();
+        assert_eq!((v.cid, v.socket), (u32::MAX as u64 - 1, "/a,b".into()));
+        let long = format!("cid=3,socket=/{}", "x".repeat(96));
+        for (bad, want) in [
+            ("cid=2,socket=/s", "cid=2 is out of range"),
+            ("cid=4294967295,socket=/s", "out of range"),
+            ("cid=x,socket=/s", "cid=x: not a number"),
+            ("socket=/s", "cid=N is missing"),
+            ("cid=3", "socket=PATH is missing"),
+            ("cid=3,cid=4,socket=/s", "cid= is given twice"),
+            ("cid=3,socket=/s,port=5", "unknown key 'port'"),
+            ("3", "'3' is not key=value"),
+            (long.as_str(), "at most 96"),
+        ] {
+            let e = bad.parse::<VsockConfig>().unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        // A JSON configuration is checked the same way (VmConfig::validate calls check).
+        let v: VsockConfig = serde_json::from_str(r#"{"cid":1,"socket":"/s"}"#).unwrap();
+        assert!(v.check().unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn balloon_flag_parses() {
+        assert_eq!(
+            "".parse::<BalloonConfig>().unwrap(),
+            BalloonConfig::default()
+        );
+        assert!(
+            "deflate-on-oom=on"
+                .parse::<BalloonConfig>()
+                .unwrap()
+                .deflate_on_oom
+        );
+        assert!(
+            !"deflate-on-oom=off"
+                .parse::<BalloonConfig>()
+                .unwrap()
+                .deflate_on_oom
+        );
+        for bad in ["deflate-on-oom=maybe", "stats=on", "x"] {
+            let e = bad.parse::<BalloonConfig>().unwrap_err();
+            assert!(e.starts_with("--balloon:"), "{bad}: {e}");
+        }
+        let b: BalloonConfig = serde_json::from_str("{}").unwrap();
+        assert!(!b.deflate_on_oom);
     }
 }
