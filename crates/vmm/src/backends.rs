@@ -5,8 +5,11 @@
 
 use std::sync::Arc;
 
+use vireo_devices::virtio::balloon::BalloonControl;
 use vireo_devices::virtio::block::{Disk, DiskOptions};
+use vireo_devices::virtio::console::ConsoleInput;
 use vireo_devices::virtio::net::NetBackend;
+use vireo_devices::virtio::vsock::VsockBackend;
 
 use crate::config::{DiskFormat, VmConfig};
 use crate::VmmError;
@@ -18,6 +21,14 @@ pub struct Backends {
     pub disks: Vec<(Arc<Disk>, u16)>,
     /// One per `VmConfig::nets` entry, in the same order (see [`crate::net`]).
     pub nets: Vec<Arc<NetBackend>>,
+    /// The vsock unix socket (`--vsock`), listening from VMM start.
+    pub vsock: Option<Arc<VsockBackend>>,
+    /// The balloon's target, reported size and statistics (`--balloon`), driven by the
+    /// control API and kept across guest resets.
+    pub balloon: Option<Arc<BalloonControl>>,
+    /// Console input for the virtio-console (`--console virtio`); the event loop fills
+    /// it instead of the serial port's FIFO.
+    pub console_input: Option<Arc<ConsoleInput>>,
 }
 
 impl Backends {
@@ -37,6 +48,17 @@ impl Backends {
             b.disks.push((Arc::new(disk), d.queues.unwrap_or(1)));
         }
         b.nets = crate::net::open_backends(&config.nets)?;
+        if let Some(v) = &config.vsock {
+            let backend = VsockBackend::open(v.cid, &v.socket)
+                .map_err(|e| VmmError::Backend(format!("--vsock: {e}")))?;
+            b.vsock = Some(Arc::new(backend));
+        }
+        if config.balloon.is_some() {
+            b.balloon = Some(BalloonControl::new().map_err(VmmError::Io)?);
+        }
+        if config.virtio_console {
+            b.console_input = Some(ConsoleInput::new().map_err(VmmError::Io)?);
+        }
         Ok(b)
     }
 }

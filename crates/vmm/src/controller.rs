@@ -16,7 +16,11 @@ use serde_json::{json, Value};
 use vireo_devices::PowerRequest;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use vireo_devices::virtio::balloon::{BalloonControl, PAGE_SIZE as BALLOON_PAGE};
+use vireo_devices::virtio::console::ConsoleInput;
+
 use crate::api::{self, ApiError, Command, Event, Line, LineReader};
+use crate::backends::Backends;
 use crate::config::{ConsoleConfig, VmConfig, VmmOptions};
 use crate::conn::{Conn, Listener, Overflow, Received};
 use crate::console::{self, ConsoleHub};
@@ -85,6 +89,11 @@ pub struct Controller {
     /// The reset being processed came from `system_reset`.
     api_reset: bool,
     quit: bool,
+    /// The virtio-console's input (`--console virtio`): console input goes there instead
+    /// of the serial port.
+    virtio_console_input: Option<Arc<ConsoleInput>>,
+    /// The balloon (`--balloon`), for balloon-set and query-balloon.
+    balloon: Option<Arc<BalloonControl>>,
 }
 
 fn epoll_add(epoll: &Epoll, fd: i32, events: EventSet, token: u64) -> std::io::Result<()> {
@@ -148,7 +157,15 @@ impl Controller {
             boot_complete_sent: false,
             api_reset: false,
             quit: false,
+            virtio_console_input: None,
+            balloon: None,
         })
+    }
+
+    /// Takes the handles the control API and the console input need from the backends.
+    pub fn attach_backends(&mut self, backends: &Backends) {
+        self.virtio_console_input = backends.console_input.clone();
+        self.balloon = backends.balloon.clone();
     }
 
     /// The console socket's clients, for the console output.
@@ -534,6 +551,8 @@ impl Controller {
                 Ok(json!({}))
             }
             Command::QmpCapabilities => Ok(json!({})),
+            Command::BalloonSet { target_bytes } => self.balloon_set(target_bytes),
+            Command::QueryBalloon => self.query_balloon(),
         }
     }
 
@@ -638,17 +657,59 @@ impl Controller {
         }
     }
 
-    /// Moves pending console input into the UART as far as its FIFO has room.
+    /// Moves pending console input into the UART as far as its FIFO has room (or into
+    /// the virtio-console's input buffer when the console is there).
     fn feed_serial(&mut self, vm: &RunningVm) {
         if self.pending_input.is_empty() {
             return;
         }
-        let taken = vm
-            .serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .enqueue_input(self.pending_input.make_contiguous());
+        let bytes = self.pending_input.make_contiguous();
+        let taken = match &self.virtio_console_input {
+            Some(input) => input.enqueue(bytes),
+            None => vm
+                .serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(bytes),
+        };
         self.pending_input.drain(..taken);
+    }
+
+    fn balloon(&self) -> Result<&Arc<BalloonControl>, ApiError> {
+        self.balloon.as_ref().ok_or_else(|| {
+            ApiError::generic("this VM has no balloon device (start it with --balloon)")
+        })
+    }
+
+    /// `balloon-set`: the guest should keep `target` bytes; the balloon takes the rest.
+    fn balloon_set(&self, target: u64) -> Result<Value, ApiError> {
+        let balloon = self.balloon()?;
+        if target > self.guest_memory {
+            return Err(ApiError::generic(format!(
+                "balloon-set: target-bytes {target} is more than the VM's memory ({} bytes)",
+                self.guest_memory
+            )));
+        }
+        let pages = (self.guest_memory - target) / BALLOON_PAGE;
+        balloon.set_target_pages(u32::try_from(pages).unwrap_or(u32::MAX));
+        Ok(json!({}))
+    }
+
+    /// `query-balloon`: sizes in bytes and the guest's last statistics (a fresh set is
+    /// asked for at each query and arrives for the next one).
+    fn query_balloon(&self) -> Result<Value, ApiError> {
+        let balloon = self.balloon()?;
+        let info = balloon.info();
+        balloon.request_stats();
+        let inflated = u64::from(info.actual_pages) * BALLOON_PAGE;
+        let target = u64::from(info.target_pages) * BALLOON_PAGE;
+        Ok(json!({
+            "actual-bytes": self.guest_memory.saturating_sub(inflated),
+            "target-bytes": self.guest_memory.saturating_sub(target),
+            "balloon-bytes": inflated,
+            "stats": info.stats.as_ref().map(|s| &s.values),
+            "stats-updated": info.stats.as_ref().map(|s| s.updated),
+        }))
     }
 
     /// Sends the final event, gives clients a moment to receive it (and the last console

@@ -90,6 +90,15 @@ pub struct BalloonInfo {
     pub stats: Option<BalloonStats>,
 }
 
+impl std::fmt::Debug for BalloonControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalloonControl")
+            .field("target_pages", &self.target_pages)
+            .field("actual_pages", &self.actual_pages)
+            .finish_non_exhaustive()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -81,6 +81,14 @@ impl ConsoleInput {
     }
 }
 
+impl std::fmt::Debug for ConsoleInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleInput")
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
+
 /// Where guest output goes: the VMM's console sink (shared with the serial port).
 pub type ConsoleSink = Arc<Mutex<Box<dyn Write + Send>>>;
 

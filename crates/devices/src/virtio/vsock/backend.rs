@@ -33,6 +33,7 @@ pub enum BackendError {
 }
 
 /// The vsock device's host side.
+#[derive(Debug)]
 pub struct VsockBackend {
     cid: u64,
     path: PathBuf,
