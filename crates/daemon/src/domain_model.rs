@@ -8,12 +8,17 @@ use vireo_domain::{DiskType, LifecycleAction};
 pub use vireo_domain::{Domain, Parsed};
 use vireo_vmm::{ConsoleConfig, VmConfig};
 
-/// The VMM configuration with the serial console on `console` (a socket) and logged.
+/// The VMM configuration with the serial console on `console` (a socket) and logged; a
+/// `<vsock>`'s host socket is `vsock.sock` next to the console socket.
 pub fn vm_config(d: &Domain, console: PathBuf, log: PathBuf) -> Result<VmConfig, String> {
+    let vsock_socket = console.with_file_name("vsock.sock");
     let mut config = d
         .to_vm_config(ConsoleConfig::Socket(console))
         .map_err(|e| e.to_string())?;
     config.console_log = Some(log);
+    if let Some(v) = config.vsock.as_mut() {
+        v.socket = vsock_socket;
+    }
     Ok(config)
 }
 
@@ -110,4 +115,20 @@ pub fn set_memory_kib(d: &mut Domain, kib: u64, maximum: bool) -> Result<(), Str
 
 pub fn set_vcpus(d: &mut Domain, count: u32, maximum: bool) -> Result<(), String> {
     d.set_vcpus(count, maximum).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vsock_socket_sits_next_to_the_console_socket() {
+        let xml = "<domain type='kvm'><name>v</name><memory unit='MiB'>64</memory>\
+                   <os><type>hvm</type><kernel>/k</kernel></os><devices>\
+                   <vsock model='virtio'><cid auto='no' address='9'/></vsock></devices></domain>";
+        let d = Domain::from_xml(xml).unwrap().domain;
+        let c = vm_config(&d, "/run/vireo/v/console.sock".into(), "/l".into()).unwrap();
+        let v = c.vsock.unwrap();
+        assert_eq!((v.cid, v.socket), (9, "/run/vireo/v/vsock.sock".into()));
+    }
 }

@@ -1163,13 +1163,14 @@ impl Parser {
             let t = attrs(c, &cpath, &["type", "port"], &[])?;
             if let Some(ty) = t.get("type") {
                 let ok = if console {
-                    ty == "serial"
+                    ty == "serial" || ty == "virtio"
                 } else {
                     ty == "isa-serial"
                 };
                 if !ok {
                     let why = if console {
-                        "vireo's console is the serial port (target type='serial')"
+                        "vireo's console is the serial port (target type='serial') or a \
+                         virtio-console (target type='virtio')"
                     } else {
                         "vireo's serial port is an ISA 16550 UART (target type='isa-serial')"
                     };

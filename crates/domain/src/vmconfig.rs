@@ -1,12 +1,11 @@
 //! The domain model → the VMM's configuration ([`VmConfig`]).
 //!
-//! Each device kind has one arm in [`device`]: those vireo-vmm cannot run yet fail with
-//! the element's path. When VmConfig gains virtio devices (disks, nets, rng, vsock,
-//! balloon), their arms fill the new fields instead.
+//! Each device kind has one arm in [`device`] filling its VmConfig field; what vireo-vmm
+//! cannot run fails with the element's path.
 
 use vireo_hypervisor::CpuTemplate;
 use vireo_vmm::config::devices::{MAX_DISK_QUEUES, MAX_SERIAL_LEN};
-use vireo_vmm::config::NetConfig;
+use vireo_vmm::config::{BalloonConfig, NetConfig, VsockConfig};
 use vireo_vmm::config::{DiskConfig, DiskFormat as VmmDiskFormat};
 use vireo_vmm::{ConsoleConfig, VmConfig};
 
@@ -80,7 +79,6 @@ impl Domain {
 
 /// Adds one device to the configuration, or says why the VMM cannot run it yet.
 fn device(d: &Device, cfg: &mut VmConfig) -> Result<(), DomainError> {
-    const LATER: &str = "vireo-vmm has no virtio devices yet (they come with virtio-pci)";
     match d {
         // Added in target order by to_vm_config.
         Device::Disk(_) => Ok(()),
@@ -100,18 +98,75 @@ fn device(d: &Device, cfg: &mut VmConfig) -> Result<(), DomainError> {
             cfg.rng = Some(vireo_vmm::RngConfig::default());
             Ok(())
         }
-        Device::Vsock(_) => Err(DomainError::not_runnable("/domain/devices/vsock", LATER)),
-        Device::Memballoon(Memballoon {
-            model: BalloonModel::Virtio,
-            ..
-        }) => Err(DomainError::not_runnable(
-            "/domain/devices/memballoon[@model='virtio']",
-            "vireo-vmm has no virtio devices yet (they come with virtio-pci); use model='none' for now",
-        )),
+        Device::Vsock(v) => {
+            cfg.vsock = Some(vsock(v)?);
+            Ok(())
+        }
+        Device::Memballoon(
+            m @ Memballoon {
+                model: BalloonModel::Virtio,
+                ..
+            },
+        ) => {
+            cfg.balloon = Some(memballoon(m)?);
+            Ok(())
+        }
+        // `<console type='pty'><target type='virtio'/>`: the console is hvc0, on the same
+        // backend as the serial port would be.
+        Device::Console(c) if c.target_type.as_deref() == Some("virtio") => {
+            cfg.virtio_console = true;
+            Ok(())
+        }
         // COM1 always exists; `console` says where it goes.
         Device::Serial(_) | Device::Console(_) => Ok(()),
         Device::Memballoon(_) | Device::Other(_) => Ok(()),
     }
+}
+
+/// `<vsock model='virtio'><cid auto='no' address='N'/></vsock>` → a virtio-vsock with
+/// context id N. The host socket is the daemon's to choose (it sets
+/// [`VsockConfig::socket`] next to the domain's console socket); it is left empty here.
+fn vsock(v: &Vsock) -> Result<VsockConfig, DomainError> {
+    use vireo_vmm::config::devices::{MAX_GUEST_CID, MIN_GUEST_CID};
+    let cid =
+        match (v.cid_auto, v.cid) {
+            (false, Some(cid)) => u64::from(cid),
+            _ => return Err(DomainError::not_runnable(
+                "/domain/devices/vsock/cid[@auto='yes']",
+                "vireo does not pick context IDs yet: give <cid auto='no' address='N'/> (N ≥ 3)",
+            )),
+        };
+    if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&cid) {
+        return Err(DomainError::invalid(
+            "/domain/devices/vsock/cid/@address",
+            format!("context ID {cid} is reserved (guests use {MIN_GUEST_CID} and above)"),
+        ));
+    }
+    Ok(VsockConfig {
+        cid,
+        socket: Default::default(),
+    })
+}
+
+/// `<memballoon model='virtio' [autodeflate='on']>` → a virtio-balloon (autodeflate is
+/// VIRTIO_BALLOON_F_DEFLATE_ON_OOM). `model='none'`: no balloon.
+fn memballoon(m: &Memballoon) -> Result<BalloonConfig, DomainError> {
+    let autodeflate = m
+        .extra_attrs
+        .iter()
+        .find(|(k, _)| k == "autodeflate")
+        .map(|(_, v)| v.as_str());
+    let deflate_on_oom = match autodeflate {
+        None | Some("off") => false,
+        Some("on") => true,
+        Some(v) => {
+            return Err(DomainError::invalid(
+                "/domain/devices/memballoon/@autodeflate",
+                format!("'{v}' (use on or off)"),
+            ))
+        }
+    };
+    Ok(BalloonConfig { deflate_on_oom })
 }
 
 /// `<disk type='file|block' device='disk'>` → a virtio-blk disk: `<source>` is the image,

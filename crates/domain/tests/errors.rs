@@ -406,8 +406,8 @@ fn devices() {
             "/domain/devices/serial[2] is not supported: vireo has one serial port (COM1)",
         ),
         (
-            with("<serial type='pty'><target port='0'/></serial>", "<console type='pty'><target type='virtio' port='0'/></console>"),
-            "/domain/devices/console/target[@type='virtio'] is not supported: vireo's console is the serial port (target type='serial')",
+            with("<serial type='pty'><target port='0'/></serial>", "<console type='pty'><target type='sclp' port='0'/></console>"),
+            "/domain/devices/console/target[@type='sclp'] is not supported: vireo's console is the serial port (target type='serial') or a virtio-console (target type='virtio')",
         ),
         (
             with("<backend model='random'>/dev/urandom</backend>", "<backend model='egd' type='tcp'/>"),

@@ -100,11 +100,7 @@ fn devices_the_vmm_cannot_run_yet_are_named() {
         ),
         (
             "<vsock model='virtio'><cid auto='yes'/></vsock>",
-            "/domain/devices/vsock cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci)",
-        ),
-        (
-            "<memballoon model='virtio'/>",
-            "/domain/devices/memballoon[@model='virtio'] cannot be run yet: vireo-vmm has no virtio devices yet (they come with virtio-pci); use model='none' for now",
+            "/domain/devices/vsock/cid[@auto='yes'] cannot be run yet: vireo does not pick context IDs yet: give <cid auto='no' address='N'/> (N ≥ 3)",
         ),
     ];
     for (dev, msg) in cases {
@@ -131,6 +127,72 @@ fn devices_the_vmm_cannot_run_yet_are_named() {
         ),
         "{e}"
     );
+}
+
+#[test]
+fn vsock_balloon_and_virtio_console() {
+    use vireo_vmm::config::{BalloonConfig, VsockConfig};
+    let c = small(
+        "",
+        "restart",
+        "<vsock model='virtio'><cid auto='no' address='7'/></vsock>\
+         <memballoon model='virtio' autodeflate='on'><stats period='10'/></memballoon>\
+         <console type='pty'><target type='virtio' port='0'/></console>",
+    )
+    .to_vm_config(ConsoleConfig::Stdio)
+    .unwrap();
+    // The socket is the daemon's to set.
+    assert_eq!(
+        c.vsock,
+        Some(VsockConfig {
+            cid: 7,
+            socket: Default::default()
+        })
+    );
+    assert_eq!(
+        c.balloon,
+        Some(BalloonConfig {
+            deflate_on_oom: true
+        })
+    );
+    assert!(c.virtio_console);
+    // Without them: none; model='none' is no balloon; a serial console target is COM1.
+    let c = small(
+        "",
+        "restart",
+        "<memballoon model='none'/><console type='pty'><target type='serial'/></console>",
+    )
+    .to_vm_config(ConsoleConfig::Stdio)
+    .unwrap();
+    assert_eq!((c.vsock, c.balloon, c.virtio_console), (None, None, false));
+    let c = small("", "restart", "<memballoon model='virtio'/>")
+        .to_vm_config(ConsoleConfig::Stdio)
+        .unwrap();
+    assert_eq!(c.balloon, Some(BalloonConfig::default()));
+    for (dev, want) in [
+        // (A reserved context ID is refused by the parser already.)
+        ("<vsock model='virtio'/>", "cid[@auto='yes']"),
+        (
+            "<memballoon model='virtio' autodeflate='maybe'/>",
+            "/domain/devices/memballoon/@autodeflate",
+        ),
+    ] {
+        let e = small("", "restart", dev)
+            .to_vm_config(ConsoleConfig::Stdio)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{dev}: {e}");
+    }
+    // Another console target is refused by the parser, naming the choices.
+    let xml = SMALL
+        .replace("CPU", "")
+        .replace("REBOOT", "restart")
+        .replace(
+            "DEVICES",
+            "<console type='pty'><target type='sclp'/></console>",
+        );
+    let e = Domain::from_xml(&xml).unwrap_err().to_string();
+    assert!(e.contains("target type='virtio'"), "{e}");
 }
 
 #[test]
