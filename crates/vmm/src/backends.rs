@@ -12,6 +12,7 @@ use vireo_devices::virtio::net::NetBackend;
 use vireo_devices::virtio::vsock::VsockBackend;
 
 use crate::config::{DiskFormat, VmConfig};
+use crate::console::ConsoleOutput;
 use crate::VmmError;
 
 /// Every backend of the VM.
@@ -29,6 +30,9 @@ pub struct Backends {
     /// Console input for the virtio-console (`--console virtio`); the event loop fills
     /// it instead of the serial port's FIFO.
     pub console_input: Option<Arc<ConsoleInput>>,
+    /// Where the virtio-console's output goes: the console's sinks, shared with the serial
+    /// port (set by [`Platform::new`](crate::vm_builder::Platform::new) once they are open).
+    pub console_output: Option<ConsoleOutput>,
 }
 
 impl Backends {

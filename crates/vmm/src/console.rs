@@ -24,6 +24,12 @@ pub const CLIENT_BACKLOG: usize = 1 << 20;
 #[derive(Clone)]
 pub struct ConsoleOutput(Arc<Sinks>);
 
+impl std::fmt::Debug for ConsoleOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleOutput").finish_non_exhaustive()
+    }
+}
+
 struct Sinks {
     main: Mutex<Box<dyn Write + Send>>,
     log: Option<Mutex<LogFile>>,

@@ -22,8 +22,11 @@ use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vireo_boot::acpi::PciHostConfig;
 use vireo_boot::layout::{self, irqs};
 use vireo_devices::pci::{MsiMessage, PciConfigIo, PciConfigMmio, PciRoot, VmHooks};
+use vireo_devices::virtio::balloon::VirtioBalloon;
+use vireo_devices::virtio::console::VirtioConsole;
 use vireo_devices::virtio::pci::{VirtioPciDevice, VirtioPciParams, BAR_SIZE};
 use vireo_devices::virtio::rng::VirtioRng;
+use vireo_devices::virtio::vsock::VirtioVsock;
 use vireo_devices::virtio::{GuestMemory, VirtioDevice};
 use vireo_devices::Bus;
 use vmm_sys_util::eventfd::EventFd;
@@ -44,11 +47,32 @@ pub fn virtio_devices(
     config: &VmConfig,
     backends: &Backends,
 ) -> Result<Vec<NamedDevice>, VmmError> {
-    let _ = backends;
     let mut devices: Vec<NamedDevice> = Vec::new();
     // virtio-rng needs no backend: it reads getrandom(2).
     if config.rng.is_some() {
         devices.push(("virtio-rng", Box::new(VirtioRng::new())));
+    }
+    // virtio-console: output to the console's sinks, input from the event loop.
+    if config.virtio_console {
+        let (Some(input), Some(output)) = (&backends.console_input, &backends.console_output)
+        else {
+            return Err(VmmError::Device(
+                "--console virtio: the console backend is not open".into(),
+            ));
+        };
+        devices.push((
+            "virtio-console",
+            Box::new(VirtioConsole::new(Box::new(output.clone()), input.clone())),
+        ));
+    }
+    if let Some(vsock) = &backends.vsock {
+        devices.push(("virtio-vsock", Box::new(VirtioVsock::new(vsock.clone()))));
+    }
+    if let (Some(control), Some(b)) = (&backends.balloon, &config.balloon) {
+        devices.push((
+            "virtio-balloon",
+            Box::new(VirtioBalloon::new(control.clone(), b.deflate_on_oom)),
+        ));
     }
     Ok(devices)
 }
@@ -291,5 +315,32 @@ mod tests {
         assert_eq!(devs.len(), 1);
         assert_eq!(devs[0].0, "virtio-rng");
         assert_eq!(devs[0].1.device_type(), 4);
+
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let cfg = VmConfig {
+            virtio_console: true,
+            vsock: Some(crate::config::VsockConfig {
+                cid: 3,
+                socket: dir.as_path().join("v.sock"),
+            }),
+            balloon: Some(Default::default()),
+            ..VmConfig::default()
+        };
+        let mut b = Backends::open(&cfg).unwrap();
+        assert!(
+            virtio_devices(&cfg, &b).is_err(),
+            "the console's sinks come with the platform"
+        );
+        b.console_output = Some(crate::console::ConsoleOutput::open(&cfg, None).unwrap());
+        let devs = virtio_devices(&cfg, &b).unwrap();
+        let kinds: Vec<_> = devs.iter().map(|(n, d)| (*n, d.device_type())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("virtio-console", 3),
+                ("virtio-vsock", 19),
+                ("virtio-balloon", 5)
+            ]
+        );
     }
 }

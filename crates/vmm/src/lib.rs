@@ -184,14 +184,6 @@ fn boot_loop(
     // Backends before KVM too: a missing or locked image, a missing TAP, is bad input.
     let backends = backends::Backends::open(config)?;
     ctl.attach_backends(&backends);
-    if config.vsock.is_some() || config.balloon.is_some() || config.virtio_console {
-        // Until the virtio-pci transport is in the device manager.
-        return Err(VmmError::Device(
-            "--vsock, --balloon and --console virtio need the virtio-pci transport, which this \
-             build does not have yet"
-                .into(),
-        ));
-    }
     if !backends.nets.is_empty() {
         // Until the virtio-pci transport is in the device manager.
         return Err(VmmError::Device(

@@ -48,14 +48,18 @@ impl Platform {
         config: &VmConfig,
         start: Instant,
         hub: Option<&Arc<ConsoleHub>>,
-        backends: Backends,
+        mut backends: Backends,
     ) -> Result<Self, VmmError> {
         let boot_marker = EventFd::new(EFD_NONBLOCK).map_err(VmmError::Io)?;
         let mut post_code = PostCode::new(start);
         post_code.set_marker_notifier(boot_marker.try_clone().map_err(VmmError::Io)?);
+        let console = ConsoleOutput::open(config, hub).map_err(VmmError::Console)?;
+        if config.virtio_console {
+            backends.console_output = Some(console.clone());
+        }
         Ok(Self {
             backends,
-            console: ConsoleOutput::open(config, hub).map_err(VmmError::Console)?,
+            console,
             cmos: Arc::new(Mutex::new(Cmos::new(config.memory))),
             post_code: Arc::new(Mutex::new(post_code)),
             power: Arc::new(PowerEvents::new().map_err(VmmError::Io)?),
