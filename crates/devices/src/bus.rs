@@ -97,6 +97,15 @@ impl Bus {
         Ok(())
     }
 
+    /// Removes every device (a boot's teardown: devices that refer back to the bus, like
+    /// the PCI root bus, would otherwise keep it and themselves alive).
+    pub fn clear(&self) {
+        self.ranges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Removes the range starting at `base`, returning its device.
     pub fn remove(&self, base: u64) -> Result<SharedDevice, BusError> {
         self.map_write()

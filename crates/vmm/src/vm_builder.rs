@@ -71,15 +71,27 @@ impl Platform {
 /// A built VM whose vCPUs are running.
 pub struct RunningVm {
     // Field order matters for drop: vCPU threads are joined by the VMM before this is
-    // dropped; the VM's memory slots go before the memory they point into.
+    // dropped; the virtio devices (whose workers use guest memory and whose interrupt
+    // routes hold the VM's fd) go first, the VM's memory slots before the memory they
+    // point into.
+    /// The PCI root bus and the virtio devices on it.
+    pub pci: PciDevices,
     pub vm: Vm,
     pub memory: GuestMemoryMmap,
     pub shared: Arc<VcpuShared>,
     pub threads: Vec<JoinHandle<()>>,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub ged: Arc<Mutex<GedDevice>>,
-    /// The PCI root bus and the virtio devices on it.
-    pub pci: PciDevices,
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        // The buses hold the PCI configuration devices, which hold the root bus, which
+        // holds the MMIO bus: emptying them breaks that cycle, so that the devices, the
+        // KVM VM and its memory go with this boot instead of leaking on every reboot.
+        self.shared.io_bus.clear();
+        self.shared.mmio_bus.clear();
+    }
 }
 
 /// Builds the VM for one boot and starts its vCPUs, running or (`paused`) parked before
