@@ -111,6 +111,12 @@ impl TestQueue {
         out
     }
 
+    /// `avail_event` (EVENT_IDX): the available index at which the device wants a kick.
+    pub fn avail_event(&self, mem: &GuestMemory) -> u16 {
+        mem.read_obj(GuestAddress(self.used + 4 + 8 * u64::from(self.size)))
+            .unwrap()
+    }
+
     /// The used index as the device last wrote it.
     pub fn used_idx(&self, mem: &GuestMemory) -> u16 {
         mem.read_obj(GuestAddress(self.used + 2)).unwrap()

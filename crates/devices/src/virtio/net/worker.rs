@@ -51,6 +51,10 @@ const TOKEN_TX_KICK: u64 = 1;
 const TOKEN_TAP: u64 = 2;
 const TOKEN_STOP: u64 = 3;
 
+/// Most frames moved per direction before the loop looks at its other events, so a flood
+/// one way cannot starve the other direction or a reset.
+const BUDGET: usize = 256;
+
 /// What became of the frame waiting to go to the guest.
 enum Delivery {
     Delivered,
@@ -58,8 +62,11 @@ enum Delivery {
     Dropped {
         returned: bool,
     },
-    /// The guest has not (yet) offered enough buffers; the frame is kept.
-    NoBuffers,
+    /// The guest has not (yet) offered enough buffers; the frame is kept. `seen`: the
+    /// available index up to which buffers were looked at.
+    NoBuffers {
+        seen: u16,
+    },
 }
 
 pub(super) struct Worker {
@@ -81,6 +88,10 @@ pub(super) struct Worker {
     tx_buf: Vec<u8>,
     rx_broken: bool,
     tx_broken: bool,
+    /// A direction stopped on its budget with work left: the loop comes back to it
+    /// without waiting for an event.
+    rx_more: bool,
+    tx_more: bool,
 }
 
 /// The next available chain, or an error when the driver's available index is not
@@ -136,6 +147,8 @@ impl Worker {
             tx_buf: Vec::with_capacity(MAX_TX_LEN),
             rx_broken: false,
             tx_broken: false,
+            rx_more: false,
+            tx_more: false,
         })
     }
 
@@ -146,7 +159,8 @@ impl Worker {
         self.process_rx();
         let mut events = [EpollEvent::default(); 8];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            let timeout = if self.rx_more || self.tx_more { 0 } else { -1 };
+            let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -175,6 +189,12 @@ impl Worker {
                     }
                     _ => {}
                 }
+            }
+            if self.tx_more {
+                self.process_tx();
+            }
+            if self.rx_more {
+                self.process_rx();
             }
         }
     }
@@ -215,11 +235,19 @@ impl Worker {
         }
         let mem = self.mem.clone();
         let mut returned = false;
-        loop {
+        let mut budget = BUDGET;
+        self.tx_more = false;
+        'outer: loop {
             if let Err(e) = self.tx.queue.disable_notification(&mem) {
                 return self.break_queue(false, &format!("used ring: {e}"));
             }
             loop {
+                if budget == 0 {
+                    // Notifications stay off: the loop comes straight back.
+                    self.tx_more = true;
+                    break 'outer;
+                }
+                budget -= 1;
                 let chain = match next_chain(&mut self.tx.queue, &mem) {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
@@ -270,7 +298,13 @@ impl Worker {
         }
         let mem = self.mem.clone();
         let mut returned = false;
+        let mut budget = BUDGET;
+        self.rx_more = false;
         loop {
+            if budget == 0 {
+                self.rx_more = true;
+                break;
+            }
             if self.pending == 0 {
                 if !self.tap_readable {
                     break;
@@ -296,17 +330,32 @@ impl Worker {
                 Ok(Delivery::Delivered) => {
                     returned = true;
                     self.pending = 0;
+                    budget -= 1;
                 }
                 Ok(Delivery::Dropped { returned: r }) => {
                     returned |= r;
                     self.pending = 0;
+                    budget -= 1;
                     NetStats::add(&self.stats.rx_dropped, 1);
                 }
-                Ok(Delivery::NoBuffers) => {
+                Ok(Delivery::NoBuffers { seen }) => {
                     // Backpressure: keep the frame, stop reading, and have the driver kick
-                    // when it adds buffers (re-checking closes the race with a refill).
-                    match self.rx.queue.enable_notification(&mem) {
-                        Ok(true) => continue,
+                    // when it adds a buffer beyond those already looked at — with
+                    // EVENT_IDX the kick threshold is the queue's next_avail, which was
+                    // rewound to the frame's first buffer, so point it at `seen` for the
+                    // call. Re-checking closes the race with a refill.
+                    let first = self.rx.queue.next_avail();
+                    self.rx.queue.set_next_avail(seen);
+                    let more = self.rx.queue.enable_notification(&mem);
+                    self.rx.queue.set_next_avail(first);
+                    match more {
+                        // Buffers came meanwhile: try again, within the budget (a driver
+                        // moving its index back and forth must not hold the thread).
+                        Ok(true) if budget > 1 => budget -= 1,
+                        Ok(true) => {
+                            self.rx_more = true;
+                            break;
+                        }
                         Ok(false) => break,
                         Err(e) => return self.break_queue(true, &format!("used ring: {e}")),
                     }
@@ -333,8 +382,9 @@ impl Worker {
                 return Ok(Delivery::Dropped { returned: false });
             }
             let Some(chain) = next_chain(&mut self.rx.queue, mem)? else {
+                let seen = self.rx.queue.next_avail();
                 self.rx.queue.set_next_avail(start.0);
-                return Ok(Delivery::NoBuffers);
+                return Ok(Delivery::NoBuffers { seen });
             };
             let head = chain.head_index();
             let buf = match RxBuffer::parse(mem, head, chain) {
