@@ -1113,6 +1113,8 @@ static void check_rtc(void)
 /* ------------------------------------------------------------------ */
 /* The virtio-pci driver (vtg.action=rng): a file of its own, built as part of this one. */
 #include "virtio.c"
+/* virtio-console, virtio-balloon and virtio-vsock drivers, on virtio.c's helpers. */
+#include "virtio_misc.c"
 
 static char action[32] = "poweroff";
 static u32 boot_count;
@@ -1270,6 +1272,15 @@ static NORETURN void run_action(void)
         a = "poweroff";
     } else if (streq(a, "rng")) {
         virtio_rng_action();
+        a = "poweroff";
+    } else if (streq(a, "virtio-console")) {
+        virtio_console_action();
+        a = "poweroff";
+    } else if (streq(a, "virtio-balloon")) {
+        virtio_balloon_action();
+        a = "poweroff";
+    } else if (streq(a, "virtio-vsock")) {
+        virtio_vsock_action();
         a = "poweroff";
     }
     if (streq(a, "poweroff")) {
