@@ -24,6 +24,7 @@ use vireo_boot::layout::{self, irqs};
 use vireo_devices::pci::{MsiMessage, PciConfigIo, PciConfigMmio, PciRoot, VmHooks};
 use vireo_devices::virtio::balloon::VirtioBalloon;
 use vireo_devices::virtio::console::VirtioConsole;
+use vireo_devices::virtio::net::VirtioNet;
 use vireo_devices::virtio::pci::{VirtioPciDevice, VirtioPciParams, BAR_SIZE};
 use vireo_devices::virtio::rng::VirtioRng;
 use vireo_devices::virtio::vsock::VirtioVsock;
@@ -51,6 +52,10 @@ pub fn virtio_devices(
     // virtio-rng needs no backend: it reads getrandom(2).
     if config.rng.is_some() {
         devices.push(("virtio-rng", Box::new(VirtioRng::new())));
+    }
+    // virtio-net: one per --net, in flag order, each on its TAP (opened at VMM start).
+    for net in &backends.nets {
+        devices.push(("virtio-net", Box::new(VirtioNet::new(net.clone()))));
     }
     // virtio-console: output to the console's sinks, input from the event loop.
     if config.virtio_console {

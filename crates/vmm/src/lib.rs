@@ -184,13 +184,6 @@ fn boot_loop(
     // Backends before KVM too: a missing or locked image, a missing TAP, is bad input.
     let backends = backends::Backends::open(config)?;
     ctl.attach_backends(&backends);
-    if !backends.nets.is_empty() {
-        // Until the virtio-pci transport is in the device manager.
-        return Err(VmmError::Device(
-            "--net: virtio-net needs the virtio-pci transport, which this build does not have yet"
-                .into(),
-        ));
-    }
     let kvm = open_kvm()?;
     config.validate(
         host_memory_bytes(),
