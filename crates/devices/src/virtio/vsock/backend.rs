@@ -71,6 +71,9 @@ impl VsockBackend {
             Err(e) => return Err(io_err(e)),
         }
         let listener = UnixListener::bind(path).map_err(io_err)?;
+        // Like the VMM's other sockets: only its user may connect (to the guest).
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io_err)?;
         listener.set_nonblocking(true).map_err(io_err)?;
         Ok(Self {
             cid,
@@ -174,6 +177,9 @@ mod tests {
         ));
 
         let b = VsockBackend::open(3, &path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(
             VsockBackend::open(4, &path),
             Err(BackendError::InUse(_))
