@@ -22,8 +22,8 @@ pub const NO_VECTOR: u16 = 0xffff;
 pub const CONTROL_ENABLE: u16 = 1 << 15;
 pub const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Entry {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
     addr_lo: u32,
     addr_hi: u32,
     data: u32,
@@ -59,6 +59,15 @@ impl Entry {
             control: d(12),
         }
     }
+}
+
+/// Guest-visible MSI-X state (for snapshots).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsixState {
+    pub entries: Vec<Entry>,
+    pub pending: Vec<bool>,
+    pub enabled: bool,
+    pub function_masked: bool,
 }
 
 /// The MSI-X state of one function.
@@ -240,6 +249,15 @@ impl Msix {
         }
         self.enabled = false;
         self.function_masked = false;
+    }
+
+    pub fn state(&self) -> MsixState {
+        MsixState {
+            entries: self.entries.clone(),
+            pending: self.pending.clone(),
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+        }
     }
 
     /// The irqfd of `vector` (tests watch it).

@@ -198,8 +198,8 @@ impl VirtioInterrupt for PciInterrupt {
 }
 
 /// A queue as the driver configures it through the common configuration.
-#[derive(Debug, Clone, Copy)]
-struct QueueSetup {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSetup {
     max_size: u16,
     size: u16,
     enabled: bool,
@@ -232,6 +232,28 @@ impl QueueSetup {
         q.set_ready(true);
         q.is_valid(mem).then_some(q)
     }
+}
+
+/// Guest-visible transport state (for snapshots and migration; restoring it comes with
+/// them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VirtioPciState {
+    pub bar_addr: u64,
+    pub command: u32,
+    pub status: u8,
+    pub device_feature_select: u32,
+    pub driver_feature_select: u32,
+    pub driver_features: u64,
+    pub queue_select: u16,
+    pub queues: Vec<QueueSetup>,
+    pub queue_vectors: Vec<u16>,
+    pub config_vector: u16,
+    pub isr: u8,
+    pub msix: Option<crate::pci::msix::MsixState>,
+    pub needs_reset: bool,
+    pub config_generation: u8,
+    /// The device model's own state ([`VirtioDevice::state`]).
+    pub device: serde_json::Value,
 }
 
 /// A kick eventfd of an active queue, with where (if anywhere) it is an ioeventfd.
@@ -399,6 +421,27 @@ impl VirtioPciDevice {
             kicks: Vec::new(),
             stats: Arc::new(TransportStats::default()),
         })
+    }
+
+    pub fn state(&self) -> VirtioPciState {
+        let irq = self.interrupt.lock();
+        VirtioPciState {
+            bar_addr: self.bar_addr,
+            command: self.config.command(),
+            status: self.status,
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            queue_select: self.queue_select,
+            queues: self.queues.clone(),
+            queue_vectors: irq.queue_vectors.clone(),
+            config_vector: irq.config_vector,
+            isr: irq.isr,
+            msix: irq.msix.as_ref().map(Msix::state),
+            needs_reset: self.interrupt.needs_reset.load(Ordering::SeqCst),
+            config_generation: self.interrupt.generation.load(Ordering::SeqCst),
+            device: self.device.state(),
+        }
     }
 
     pub fn stats(&self) -> Arc<TransportStats> {

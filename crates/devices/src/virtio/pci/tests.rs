@@ -328,6 +328,17 @@ fn rng_serves_a_buffer_through_msix_and_ioeventfd() {
         *r.hooks.ioevents.lock().unwrap(),
         vec![0xd000_0000 + NOTIFY_OFFSET]
     );
+    // The guest-visible state serialises.
+    let st = r.dev.state();
+    assert_eq!(
+        st.status,
+        S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK
+    );
+    assert_eq!(st.queues[0].size, 16);
+    assert_eq!(st.queue_vectors, vec![0]);
+    assert!(st.msix.as_ref().unwrap().enabled);
+    let json = serde_json::to_string(&st).unwrap();
+    assert_eq!(serde_json::from_str::<VirtioPciState>(&json).unwrap(), st);
     // Reset: the worker stops, the ioeventfd goes.
     r.w8(0x14, 0);
     assert!(r.hooks.ioevents.lock().unwrap().is_empty());
