@@ -8,7 +8,11 @@ use std::process::Command;
 const SOURCES: &[&str] = &["guest/entry.S", "guest/main.c"];
 const LINKER_SCRIPT: &str = "guest/linker.ld";
 /// Files `#include`d by the sources (rebuild when they change).
-const INCLUDED: &[&str] = &["guest/virtio.c", "guest/virtio_misc.c"];
+const INCLUDED: &[&str] = &[
+    "guest/virtio.c",
+    "guest/virtio_misc.c",
+    "guest/virtio_net.c",
+];
 
 const CFLAGS: &[&str] = &[
     "-m64",

@@ -1115,6 +1115,8 @@ static void check_rtc(void)
 #include "virtio.c"
 /* virtio-console, virtio-balloon and virtio-vsock drivers, on virtio.c's helpers. */
 #include "virtio_misc.c"
+/* virtio-net driver (vtg.action=virtio-net). */
+#include "virtio_net.c"
 
 static char action[32] = "poweroff";
 static u32 boot_count;
@@ -1281,6 +1283,9 @@ static NORETURN void run_action(void)
         a = "poweroff";
     } else if (streq(a, "virtio-vsock")) {
         virtio_vsock_action();
+        a = "poweroff";
+    } else if (streq(a, "virtio-net")) {
+        virtio_net_action();
         a = "poweroff";
     }
     if (streq(a, "poweroff")) {
