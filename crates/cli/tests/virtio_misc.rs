@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 use common::{kvm_or_skip, run_vireo, test_guest, Run, TempDir};
@@ -103,6 +103,62 @@ fn vsock_guest_connects_to_a_host_listener() {
     assert_line(&r, "virtio-vsock got=pong from the host");
     assert_line(&r, "virtio-vsock PASS");
     assert!(!socket.exists(), "the VMM removes its socket when it exits");
+}
+
+#[test]
+fn vsock_host_client_reaches_a_guest_listener() {
+    if !kvm_or_skip("vsock_host_client_reaches_a_guest_listener") {
+        return;
+    }
+    let dir = TempDir::new("vsock-listen");
+    let socket = dir.path("v.sock");
+    let path = socket.clone();
+    // The host client: CONNECT to guest port 5000 through the VMM's socket (it appears
+    // when the VMM starts; the request waits in its backlog until the guest's driver is
+    // up), then a line each way.
+    let client = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let mut c = loop {
+            match UnixStream::connect(&path) {
+                Ok(c) => break c,
+                Err(_) if start.elapsed() < TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("no vsock socket: {e}"),
+            }
+        };
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        c.write_all(b"CONNECT 5000\n").unwrap();
+        let mut ok = Vec::new();
+        let mut b = [0u8; 1];
+        while b[0] != b'\n' {
+            c.read_exact(&mut b).unwrap();
+            ok.push(b[0]);
+        }
+        c.write_all(b"hello guest").unwrap();
+        let mut echo = vec![0u8; 17];
+        c.read_exact(&mut echo).unwrap();
+        (String::from_utf8(ok).unwrap(), echo)
+    });
+    let vsock = format!("cid=7,socket={}", socket.display());
+    let r = boot(
+        &["--vsock", &vsock],
+        "vtg.action=virtio-vsock vtg.quick=1 vtg.vsock-listen=5000",
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.describe());
+    let (ok, echo) = client.join().unwrap();
+    let hostport: u32 = ok
+        .strip_prefix("OK ")
+        .and_then(|p| p.trim_end().parse().ok())
+        .unwrap_or_else(|| panic!("bad OK line {ok:?}"));
+    assert_eq!(
+        r.guest_field("virtio-vsock accepted", "from").as_deref(),
+        Some(hostport.to_string().as_str()),
+        "the guest sees the connection from the host port the client was told"
+    );
+    assert_eq!(echo, b"echo: hello guest");
+    assert_line(&r, "virtio-vsock got=hello guest");
+    assert_line(&r, "virtio-vsock PASS");
 }
 
 #[test]

@@ -15,7 +15,8 @@
  * with vtg.balloon-wait=1 it then waits (up to 60 s) for the host to change the target:
  *   vtg: virtio-balloon new-target=N
  * vtg.action=virtio-vsock: connects to host port vtg.vsock-port (default 1234), sends
- * "ping from the guest", reads the host's answer and closes:
+ * "ping from the guest", reads the host's answer and closes (with vtg.vsock-listen=PORT it
+ * instead accepts one connection from the host on PORT and echoes what it gets):
  *   vtg: virtio-vsock cid=N
  *   vtg: virtio-vsock connected local=N
  *   vtg: virtio-vsock got=TEXT
@@ -246,16 +247,83 @@ static int vsock_recv(struct vpci *d, struct vsock_hdr *h, char *data, u32 cap)
     return 0;
 }
 
+/* vtg.vsock-listen: accept one connection from the host on `port`, answer
+ * "echo: <what it sent>", and close once the host has. */
+static void vsock_listen(struct vpci *d, u64 cid, u32 port)
+{
+    char got[128];
+    struct vsock_hdr r, h;
+    pr("vtg: virtio-vsock listening port=%lu\n", (u64)port);
+    u64 deadline = rdtsc() + ms_to_tsc(60000);
+    for (;;) {
+        if (rdtsc() > deadline) {
+            pr("vtg: virtio-vsock FAIL no connection within 60 s\n");
+            return;
+        }
+        if (vsock_recv(d, &r, got, sizeof(got)))
+            continue;
+        if (r.op == VSOCK_OP_REQUEST && r.dst_port == port)
+            break;
+    }
+    memset(&h, 0, sizeof(h));
+    h.src_cid = cid;
+    h.dst_cid = 2;
+    h.src_port = port;
+    h.dst_port = r.src_port;
+    h.type = 1;
+    h.op = VSOCK_OP_RESPONSE;
+    h.buf_alloc = 4096;
+    vsock_send(d, &h, 0, 0);
+    pr("vtg: virtio-vsock accepted from=%lu\n", (u64)r.src_port);
+    for (int tries = 0; tries < 8; tries++) {
+        if (vsock_recv(d, &r, got, sizeof(got))) {
+            pr("vtg: virtio-vsock FAIL no data within 10 s\n");
+            return;
+        }
+        if (r.op == VSOCK_OP_RW)
+            break;
+    }
+    pr("vtg: virtio-vsock got=%s\n", got);
+    char reply[160];
+    memcpy(reply, "echo: ", 6);
+    u32 n = (u32)slen(got);
+    memcpy(reply + 6, got, n);
+    h.op = VSOCK_OP_RW;
+    h.len = 6 + n;
+    h.fwd_cnt = r.len;
+    vsock_send(d, &h, reply, h.len);
+    /* The host client closes: SHUTDOWN (then maybe an RST); answer with RST. */
+    int shut = 0;
+    for (int tries = 0; tries < 8 && !shut; tries++) {
+        if (vsock_recv(d, &r, got, sizeof(got)))
+            break;
+        shut = r.op == VSOCK_OP_SHUTDOWN || r.op == VSOCK_OP_RST;
+    }
+    if (!shut) {
+        pr("vtg: virtio-vsock FAIL the host did not close\n");
+        return;
+    }
+    if (r.op == VSOCK_OP_SHUTDOWN) {
+        h.op = VSOCK_OP_RST;
+        h.len = 0;
+        vsock_send(d, &h, 0, 0);
+    }
+    pr("vtg: virtio-vsock PASS\n");
+}
+
 static void virtio_vsock_action(void)
 {
     struct vpci d;
     char v[16], got[128];
-    u32 port = 1234;
+    u32 port = 1234, listen = 0;
     if (cmdline_get("vtg.vsock-port", v, sizeof(v))) {
         port = 0;
         for (char *p = v; *p >= '0' && *p <= '9'; p++)
             port = port * 10 + (u32)(*p - '0');
     }
+    if (cmdline_get("vtg.vsock-listen", v, sizeof(v)))
+        for (char *p = v; *p >= '0' && *p <= '9'; p++)
+            listen = listen * 10 + (u32)(*p - '0');
     if (vdev_start("virtio-vsock", VIRTIO_ID_VSOCK, 0, 3, &d))
         return;
     u64 cid = mmio_read32(d.device) | (u64)mmio_read32(d.device + 4) << 32;
@@ -263,6 +331,11 @@ static void virtio_vsock_action(void)
     for (int i = 0; i < 4; i++)
         mq_add(0, 4096, 1, 0);
     mq_notify(&d, 0);
+    if (listen) {
+        vsock_listen(&d, cid, listen);
+        vreset(&d);
+        return;
+    }
     struct vsock_hdr h;
     memset(&h, 0, sizeof(h));
     h.src_cid = cid;
