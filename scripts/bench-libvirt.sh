@@ -72,7 +72,7 @@ if [ "$INNER" = 0 ]; then
     exit 0
 fi
 
-# ---- inside the private mount namespace ----
+# ---- inside the private mount and PID namespaces ----
 W=$(mktemp -d /tmp/vireo-bench-libvirt.XXXXXX)
 LIBVIRTD_PID=""
 VIREOD_PID=""
