@@ -12,8 +12,8 @@
 //! and sector is checked there.
 
 pub mod request;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 mod worker;
