@@ -132,12 +132,42 @@ impl PacketSocket {
 
 #[test]
 fn guest_and_host_exchange_frames_over_a_tap() {
-    let test = "guest_and_host_exchange_frames_over_a_tap";
-    if !kvm_or_skip(test) || !tap_or_skip(test) {
-        return;
+    exchange("guest_and_host_exchange_frames_over_a_tap", false);
+}
+
+/// A descriptor loop on the transmit queue: the device reports DEVICE_NEEDS_RESET to the
+/// driver (through virtio-pci), the VMM keeps running, and after the driver's reset the
+/// device works again.
+#[test]
+fn tx_descriptor_loop_needs_reset_then_the_device_works_again() {
+    let run = exchange(
+        "tx_descriptor_loop_needs_reset_then_the_device_works_again",
+        true,
+    );
+    if let Some(run) = run {
+        assert_eq!(
+            run.guest_field("virtio-net hostile", "needs-reset")
+                .as_deref(),
+            Some("1"),
+            "{}",
+            run.describe()
+        );
     }
+}
+
+/// Boots the guest's virtio-net action against a TAP in a new network namespace and checks
+/// the exchange; None when skipped.
+fn exchange(test: &str, hostile: bool) -> Option<common::Run> {
+    if !kvm_or_skip(test) || !tap_or_skip(test) {
+        return None;
+    }
+    let cmdline = if hostile {
+        "vtg.action=virtio-net vtg.quick=1 vtg.virtio-hostile=1"
+    } else {
+        "vtg.action=virtio-net vtg.quick=1"
+    };
     // A thread of its own in a new network namespace; the VMM it spawns inherits it.
-    let handle = std::thread::spawn(|| {
+    let handle = std::thread::spawn(move || {
         // SAFETY: unshare(2) with a flag; it changes only this thread's namespace.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return Err(io::Error::last_os_error());
@@ -166,7 +196,7 @@ fn guest_and_host_exchange_frames_over_a_tap() {
                 "--memory",
                 "64M",
                 "--cmdline",
-                "vtg.action=virtio-net vtg.quick=1",
+                cmdline,
                 "--net",
                 "tap=vt0,mac=52:54:00:12:34:56",
             ],
@@ -182,7 +212,7 @@ fn guest_and_host_exchange_frames_over_a_tap() {
                 "{test}: cannot create a network namespace: {e}"
             );
             eprintln!("SKIP {test}: cannot create a network namespace: {e}");
-            return;
+            return None;
         }
     };
     assert_eq!(run.code(), Some(0), "{}", run.describe());
@@ -224,4 +254,5 @@ fn guest_and_host_exchange_frames_over_a_tap() {
         line.ends_with("payload=vtg-net pong from the host"),
         "{line}"
     );
+    Some(run)
 }

@@ -12,6 +12,10 @@
  *   vtg: virtio-net sent len=N
  *   vtg: virtio-net got len=N hdr=HEX payload=TEXT
  *   vtg: virtio-net PASS            (or: vtg: virtio-net FAIL <why>)
+ * With vtg.virtio-hostile=1 it first makes a transmit descriptor loop (descriptor 0
+ * chained to itself), notifies, and waits for the device to report DEVICE_NEEDS_RESET:
+ *   vtg: virtio-net hostile needs-reset=1
+ * then resets the device and carries on as above.
  */
 
 #define VIRTIO_ID_NET 1
@@ -20,9 +24,37 @@
 #define NET_RXQ 0
 #define NET_TXQ 1
 
+#define S_NEEDS_RESET 0x40
+
+static void virtio_net_hostile(void)
+{
+    struct vpci d;
+    if (vdev_start("virtio-net", VIRTIO_ID_NET, NET_F_MAC, 2, &d))
+        return;
+    struct mq *q = &mqs[NET_TXQ];
+    q->desc[0].addr = (u64)q->buf[0];
+    q->desc[0].len = 64;
+    q->desc[0].flags = 1; /* NEXT, to itself */
+    q->desc[0].next = 0;
+    volatile u16 *avail = q->avail;
+    avail[2] = 0;
+    barrier();
+    avail[1] = 1;
+    barrier();
+    mq_notify(&d, NET_TXQ);
+    u64 deadline = rdtsc() + ms_to_tsc(10000);
+    while (!(vstatus(&d) & S_NEEDS_RESET) && rdtsc() < deadline)
+        cpu_relax();
+    pr("vtg: virtio-net hostile needs-reset=%lu\n", (u64)((vstatus(&d) & S_NEEDS_RESET) != 0));
+    vreset(&d);
+}
+
 static void virtio_net_action(void)
 {
     struct vpci d;
+    char v[8];
+    if (cmdline_get("vtg.virtio-hostile", v, sizeof(v)) && streq(v, "1"))
+        virtio_net_hostile();
     if (vdev_start("virtio-net", VIRTIO_ID_NET, NET_F_MAC, 2, &d))
         return;
     u8 mac[6];
