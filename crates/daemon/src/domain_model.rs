@@ -58,6 +58,16 @@ pub fn current_memory_kib(d: &Domain) -> u64 {
     d.current_memory_kib
 }
 
+/// Whether the domain has a virtio memory balloon (what a live `setmem` works through).
+pub fn has_balloon(d: &Domain) -> bool {
+    d.devices.iter().any(|dev| {
+        matches!(
+            dev,
+            vireo_domain::Device::Memballoon(m) if m.model == vireo_domain::BalloonModel::Virtio
+        )
+    })
+}
+
 /// Host files of the domain's file-backed disks (`undefine --remove-all-storage`); block
 /// devices are never deleted.
 pub fn disk_paths(d: &Domain) -> Vec<PathBuf> {

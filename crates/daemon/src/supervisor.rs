@@ -599,6 +599,16 @@ pub fn destroy<'a>(
 
 /// Sends a command to the domain's VMM.
 pub fn command(entry: &Entry, st: &DomState, cmd: &str) -> Result<serde_json::Value, RpcError> {
+    command_with(entry, st, cmd, json!({}))
+}
+
+/// [`command`] with arguments.
+pub fn command_with(
+    entry: &Entry,
+    st: &DomState,
+    cmd: &str,
+    arguments: serde_json::Value,
+) -> Result<serde_json::Value, RpcError> {
     let run = st.running(&entry.name)?;
     let vmm = run.vmm.as_ref().ok_or_else(|| {
         RpcError::new(
@@ -606,7 +616,7 @@ pub fn command(entry: &Entry, st: &DomState, cmd: &str) -> Result<serde_json::Va
             format!("{cmd} needs the VMM control API, which this vireo-vmm does not have"),
         )
     })?;
-    vmm.execute(cmd, json!({}))
+    vmm.execute(cmd, arguments)
         .map_err(|e| vmm_error(format!("domain '{}': {e}", entry.name)))
 }
 

@@ -239,6 +239,34 @@ fn config_changes_apply_to_the_definition() {
 }
 
 #[test]
+fn setmem_on_a_running_domain_goes_through_the_balloon() {
+    if !kvm_or_skip("setmem_on_a_running_domain_goes_through_the_balloon") {
+        return;
+    }
+    let d = Daemon::start("setmem-live");
+    // The test guest's balloon driver inflates a page, then waits for a new target.
+    let xml = d.guest_xml(
+        "b",
+        "vtg.action=virtio-balloon vtg.balloon-wait=1",
+        "  <devices><memballoon model='virtio'/></devices>\n",
+    );
+    d.ok(&["define", &xml]);
+    d.ok(&["start", "b"]);
+    d.wait_console("b", "virtio-balloon PASS");
+    let e = d.fails(&["setmem", "b", "64M"]);
+    assert!(e.contains("more than the maximum"), "{e}");
+    // 32 MiB → 16 MiB: a balloon of 16 MiB, 4096 pages, read by the guest's driver.
+    d.ok(&["setmem", "b", "16M"]);
+    let info = d.ok(&["dominfo", "b"]);
+    assert!(info.contains("Used memory:    16384 KiB"), "{info}");
+    d.wait_console("b", "virtio-balloon new-target=4096");
+    // Live only: the persistent definition keeps its memory.
+    let xml = std::fs::read_to_string(d.path("etc/vireo/domains/b.xml")).unwrap();
+    assert!(!xml.contains("16384"), "{xml}");
+    d.wait_state("b", "shut off");
+}
+
+#[test]
 fn install_writes_a_definition_virt_install_style() {
     let d = Daemon::start("install");
     let guest = common::test_guest();

@@ -454,7 +454,8 @@ pub fn interface_list(d: &Arc<Daemon>, p: DomainRef) -> Result<InterfaceListResu
 }
 
 /// Applies `change` to the persistent definition and saves it (`--config`); live changes
-/// need devices vireo does not have yet (balloon, vCPU hotplug).
+/// other than the balloon's (`set_memory_live`) need devices vireo does not have yet
+/// (vCPU hotplug).
 fn change_config(
     d: &Arc<Daemon>,
     domain: &str,
@@ -490,10 +491,57 @@ fn change_config(
 }
 
 pub fn set_memory(d: &Arc<Daemon>, p: SetMemoryParams) -> Result<Empty, RpcError> {
-    change_config(d, &p.domain, p.scope, "memory", |dom| {
+    if !p.maximum {
+        let running = d.lookup(&p.domain)?.lock().run.is_some();
+        if p.scope.live || (!p.scope.config && running) {
+            set_memory_live(d, &p)?;
+            if !p.scope.config {
+                return Ok(Empty {});
+            }
+        }
+    }
+    let scope = if p.maximum {
+        p.scope
+    } else {
+        // The live part, if any, is done.
+        Scope {
+            live: false,
+            config: true,
+        }
+    };
+    change_config(d, &p.domain, scope, "memory", |dom| {
         domain_model::set_memory_kib(dom, p.kib, p.maximum)
     })?;
     Ok(Empty {})
+}
+
+/// `setmem` on a running domain: the balloon takes what the guest should give back
+/// (`balloon-set` to the VMM), and the running definition's `<currentMemory>` follows.
+fn set_memory_live(d: &Arc<Daemon>, p: &SetMemoryParams) -> Result<(), RpcError> {
+    let entry = d.lookup(&p.domain)?;
+    let mut st = entry.lock();
+    let run = st.running(&entry.name)?;
+    if !domain_model::has_balloon(&run.domain) {
+        return Err(RpcError::new(
+            ErrorKind::NotSupported,
+            "changing the memory of a running domain needs a virtio memory balloon \
+             (<memballoon model='virtio'>); use --config (applies at the next start)",
+        ));
+    }
+    let mut changed = run.domain.clone();
+    domain_model::set_memory_kib(&mut changed, p.kib, false)
+        .map_err(|e| RpcError::new(ErrorKind::InvalidParams, e))?;
+    let bytes = p.kib.saturating_mul(1024);
+    supervisor::command_with(
+        &entry,
+        &st,
+        "balloon-set",
+        serde_json::json!({ "target-bytes": bytes }),
+    )?;
+    if let Some(run) = st.run.as_mut() {
+        run.domain = changed;
+    }
+    Ok(())
 }
 
 pub fn set_vcpus(d: &Arc<Daemon>, p: SetVcpusParams) -> Result<Empty, RpcError> {
