@@ -23,6 +23,7 @@ use vireo_boot::acpi::PciHostConfig;
 use vireo_boot::layout::{self, irqs};
 use vireo_devices::pci::{MsiMessage, PciConfigIo, PciConfigMmio, PciRoot, VmHooks};
 use vireo_devices::virtio::balloon::VirtioBalloon;
+use vireo_devices::virtio::block::Block;
 use vireo_devices::virtio::console::VirtioConsole;
 use vireo_devices::virtio::net::VirtioNet;
 use vireo_devices::virtio::pci::{VirtioPciDevice, VirtioPciParams, BAR_SIZE};
@@ -52,6 +53,11 @@ pub fn virtio_devices(
     // virtio-rng needs no backend: it reads getrandom(2).
     if config.rng.is_some() {
         devices.push(("virtio-rng", Box::new(VirtioRng::new())));
+    }
+    // virtio-blk: one per --disk, in flag order (the guest's vda, vdb, …), each on its
+    // image (opened and locked at VMM start).
+    for (disk, queues) in &backends.disks {
+        devices.push(("virtio-blk", Box::new(Block::new(disk.clone(), *queues))));
     }
     // virtio-net: one per --net, in flag order, each on its TAP (opened at VMM start).
     for net in &backends.nets {
@@ -320,6 +326,32 @@ mod tests {
         assert_eq!(devs.len(), 1);
         assert_eq!(devs[0].0, "virtio-rng");
         assert_eq!(devs[0].1.device_type(), 4);
+
+        // Disks in flag order, with their queue counts.
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let disk = |name: &str, queues| {
+            let path = dir.as_path().join(name);
+            std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+            crate::config::DiskConfig {
+                path,
+                format: Some(crate::config::DiskFormat::Raw),
+                queues,
+                ..Default::default()
+            }
+        };
+        let cfg = VmConfig {
+            disks: vec![disk("a.raw", None), disk("b.raw", Some(3))],
+            ..VmConfig::default()
+        };
+        let b = Backends::open(&cfg).unwrap();
+        let devs = virtio_devices(&cfg, &b).unwrap();
+        let blk: Vec<_> = devs
+            .iter()
+            .map(|(n, d)| (*n, d.device_type(), d.queue_max_sizes().len()))
+            .collect();
+        assert_eq!(blk, vec![("virtio-blk", 2, 1), ("virtio-blk", 2, 3)]);
+        drop(devs);
+        drop(b);
 
         let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
         let cfg = VmConfig {
