@@ -12,6 +12,7 @@ const INCLUDED: &[&str] = &[
     "guest/virtio.c",
     "guest/virtio_misc.c",
     "guest/virtio_net.c",
+    "guest/virtio_blk.c",
 ];
 
 const CFLAGS: &[&str] = &[

@@ -1117,6 +1117,8 @@ static void check_rtc(void)
 #include "virtio_misc.c"
 /* virtio-net driver (vtg.action=virtio-net). */
 #include "virtio_net.c"
+/* virtio-blk driver (vtg.action=virtio-blk). */
+#include "virtio_blk.c"
 
 static char action[32] = "poweroff";
 static u32 boot_count;
@@ -1286,6 +1288,9 @@ static NORETURN void run_action(void)
         a = "poweroff";
     } else if (streq(a, "virtio-net")) {
         virtio_net_action();
+        a = "poweroff";
+    } else if (streq(a, "virtio-blk")) {
+        virtio_blk_action();
         a = "poweroff";
     }
     if (streq(a, "poweroff")) {
