@@ -213,3 +213,23 @@ impl Recorder {
         self.queue_irqs.load(Ordering::SeqCst)
     }
 }
+
+/// Serves `queue` once, synchronously, as the device's worker would on a kick (for fuzz
+/// targets and benchmarks that have no transport).
+pub fn serve_once(
+    disk: &std::sync::Arc<super::Disk>,
+    features: u64,
+    mem: &GuestMemory,
+    queue: Queue,
+    interrupt: std::sync::Arc<dyn VirtioInterrupt>,
+) -> std::io::Result<()> {
+    let q = crate::virtio::ActiveQueue {
+        index: 0,
+        queue,
+        kick: vmm_sys_util::eventfd::EventFd::new(0)?,
+    };
+    let stop = vmm_sys_util::eventfd::EventFd::new(0)?;
+    let mut w = super::worker::Worker::new(disk, features, mem.clone(), q, interrupt, stop);
+    w.serve();
+    Ok(())
+}
