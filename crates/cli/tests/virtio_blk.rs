@@ -189,3 +189,45 @@ fn read_only_qcow2_overlay_and_writable_overlay() {
         "{verdict}"
     );
 }
+
+/// A guest that sends a read into memory it does not have gets IOERR; a descriptor loop
+/// makes the device ask for a reset (DEVICE_NEEDS_RESET); the VMM keeps running, and after
+/// the driver's reset the disk works again.
+#[test]
+fn hostile_requests_then_a_reset() {
+    if !kvm_or_skip("hostile_requests_then_a_reset") {
+        return;
+    }
+    let dir = TempDir::new("vblk-hostile");
+    let img = dir.path("disk.raw");
+    let mut data = vec![0u8; SIZE];
+    data[..512].copy_from_slice(&sector0());
+    std::fs::write(&img, &data).unwrap();
+    let r = run_vireo(
+        &[
+            "run",
+            "--kernel",
+            test_guest(),
+            "--cmdline",
+            "vtg.action=virtio-blk vtg.quick=1 vtg.virtio-hostile=1",
+            "--memory",
+            "64M",
+            "--disk",
+            &format!("path={},format=raw", img.display()),
+        ],
+        TIMEOUT,
+    );
+    assert_pass(&r);
+    assert!(
+        r.guest_lines()
+            .contains(&"virtio-blk hostile oob-status=1 loop-needs-reset=1"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        r.stderr.contains("virtio-blk queue 0") && r.stderr.contains("needs a reset"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(std::fs::read(&img).unwrap()[512..1024], guest_pattern()[..]);
+}

@@ -14,6 +14,10 @@
  *   vtg: virtio-blk write status=N readback=1
  *   vtg: virtio-blk discard status=N
  *   vtg: virtio-blk PASS            (or: vtg: virtio-blk FAIL <why>)
+ * With vtg.virtio-hostile=1 the driver first sends a read whose data buffer lies outside
+ * RAM (must be answered with IOERR) and then a descriptor loop (the device must set
+ * DEVICE_NEEDS_RESET), resets the device and goes on as above:
+ *   vtg: virtio-blk hostile oob-status=1 loop-needs-reset=1
  */
 
 #define VIRTIO_ID_BLOCK 2
@@ -80,6 +84,48 @@ static void virtio_blk_action(void)
     u32 want = offered & (BLK_F_RO | BLK_F_FLUSH | BLK_F_DISCARD);
     if (vdev_start("virtio-blk", VIRTIO_ID_BLOCK, want, 1, &d))
         return;
+    char v[8];
+    if (cmdline_get("vtg.virtio-hostile", v, sizeof(v)) && streq(v, "1")) {
+        /* A read into memory the guest does not have. */
+        struct mq *q = &mqs[0];
+        u8 *p0;
+        (void)blk_req(&d, BLK_T_IN, 0, 512, 1, &p0); /* sets up the chain */
+        q->desc[1].addr = 1ull << 40;
+        q->buf[2][0] = 0xff;
+        volatile u16 *avail = q->avail;
+        u16 idx = avail[1];
+        avail[2 + idx % MQ_SIZE] = 0;
+        barrier();
+        avail[1] = (u16)(idx + 1);
+        barrier();
+        mq_notify(&d, 0);
+        u32 id, len;
+        int oob = mq_used(0, 10000, &id, &len) ? -1 : ((volatile u8 *)q->buf[2])[0];
+        /* A loop: header -> data -> header. */
+        q->desc[0].flags = 1;
+        q->desc[0].next = 1;
+        q->desc[1].addr = (u64)q->buf[1];
+        q->desc[1].flags = 1 | 2;
+        q->desc[1].next = 0;
+        idx = avail[1];
+        avail[2 + idx % MQ_SIZE] = 0;
+        barrier();
+        avail[1] = (u16)(idx + 1);
+        barrier();
+        mq_notify(&d, 0);
+        u64 deadline = rdtsc() + ms_to_tsc(10000);
+        while (!(vstatus(&d) & 0x40) && rdtsc() < deadline)
+            cpu_relax();
+        int broken = !!(vstatus(&d) & 0x40);
+        pr("vtg: virtio-blk hostile oob-status=%lu loop-needs-reset=%lu\n", (u64)(u32)oob,
+           (u64)broken);
+        if (oob != 1 || !broken) {
+            pr("vtg: virtio-blk FAIL hostile requests\n");
+            return;
+        }
+        if (vdev_start("virtio-blk", VIRTIO_ID_BLOCK, want, 1, &d))
+            return;
+    }
     u64 capacity = mmio_read32(d.device) | (u64)mmio_read32(d.device + 4) << 32;
     int ro = !!(want & BLK_F_RO);
     pr("vtg: virtio-blk capacity=%lu ro=%lu flush=%lu discard=%lu\n", capacity, (u64)ro,
