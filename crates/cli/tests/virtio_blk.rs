@@ -231,3 +231,66 @@ fn hostile_requests_then_a_reset() {
     );
     assert_eq!(std::fs::read(&img).unwrap()[512..1024], guest_pattern()[..]);
 }
+
+/// A guest that negotiates FLUSH (a write-back cache) but powers off without flushing: the
+/// VMM closes the image on exit, so a fresh qcow2's newly allocated cluster and its
+/// metadata reach the file and the image checks clean.
+#[test]
+fn unflushed_qcow2_writes_are_kept_at_poweroff() {
+    if !kvm_or_skip("unflushed_qcow2_writes_are_kept_at_poweroff") {
+        return;
+    }
+    if Command::new("qemu-img").arg("--version").output().is_err() {
+        eprintln!("SKIP unflushed_qcow2_writes_are_kept_at_poweroff: qemu-img not installed");
+        return;
+    }
+    let dir = TempDir::new("vblk-noflush");
+    let img = dir.path("disk.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg(SIZE.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r = run_vireo(
+        &[
+            "run",
+            "--kernel",
+            test_guest(),
+            "--cmdline",
+            "vtg.action=virtio-blk vtg.quick=1 vtg.blk-noflush=1",
+            "--memory",
+            "64M",
+            "--disk",
+            &format!("path={},format=qcow2", img.display()),
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.describe());
+    assert!(
+        r.guest_lines().contains(&"virtio-blk PASS"),
+        "{}",
+        r.describe()
+    );
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "read -v 512 16"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dump.contains("00000200:  03 0a 11 18 1f 26 2d 34"),
+        "sector 1 kept:\n{dump}"
+    );
+    let out = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let verdict = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && verdict.contains("No errors"),
+        "{verdict}"
+    );
+}

@@ -14,6 +14,8 @@
  *   vtg: virtio-blk write status=N readback=1
  *   vtg: virtio-blk discard status=N
  *   vtg: virtio-blk PASS            (or: vtg: virtio-blk FAIL <why>)
+ * With vtg.blk-noflush=1 the write is not followed by a FLUSH (the VMM must still make it
+ * durable when the guest powers off).
  * With vtg.virtio-hostile=1 the driver first sends a read whose data buffer lies outside
  * RAM (must be answered with IOERR) and then a descriptor loop (the device must set
  * DEVICE_NEEDS_RESET), resets the device and goes on as above:
@@ -159,7 +161,9 @@ static void virtio_blk_action(void)
     st = blk_req(&d, BLK_T_OUT, 1, 512, 0, 0);
     int readback = 0;
     if (st == 0) {
-        if (want & BLK_F_FLUSH) {
+        char nf[4];
+        int noflush = cmdline_get("vtg.blk-noflush", nf, sizeof(nf)) && streq(nf, "1");
+        if ((want & BLK_F_FLUSH) && !noflush) {
             int fs = blk_req(&d, BLK_T_FLUSH, 0, 0, 0, 0);
             if (fs != 0) {
                 pr("vtg: virtio-blk FAIL flush status %lu\n", (u64)(u32)fs);
