@@ -294,3 +294,47 @@ fn unflushed_qcow2_writes_are_kept_at_poweroff() {
         "{verdict}"
     );
 }
+
+/// The disk outlives a guest reset: the second boot's device model works on the same open,
+/// locked image (a new open would conflict with the first one's lock).
+#[test]
+fn the_disk_survives_a_guest_reset() {
+    if !kvm_or_skip("the_disk_survives_a_guest_reset") {
+        return;
+    }
+    let dir = TempDir::new("vblk-reset");
+    let img = dir.path("disk.raw");
+    let mut data = vec![0u8; SIZE];
+    data[..512].copy_from_slice(&sector0());
+    std::fs::write(&img, &data).unwrap();
+    let r = run_vireo(
+        &[
+            "run",
+            "--kernel",
+            test_guest(),
+            "--cmdline",
+            "vtg.action=virtio-blk vtg.quick=1 vtg.blk-reboot-once=1",
+            "--memory",
+            "64M",
+            "--disk",
+            &format!("path={},format=raw,serial=twice", img.display()),
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(r.code(), Some(0), "{}", r.describe());
+    let lines = r.guest_lines();
+    assert_eq!(
+        lines.iter().filter(|l| **l == "virtio-blk PASS").count(),
+        2,
+        "{}",
+        r.describe()
+    );
+    assert!(lines.contains(&"boot 1"), "{}", r.describe());
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| **l == "virtio-blk serial=twice")
+            .count(),
+        2
+    );
+}

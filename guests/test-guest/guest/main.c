@@ -1290,8 +1290,11 @@ static NORETURN void run_action(void)
         virtio_net_action();
         a = "poweroff";
     } else if (streq(a, "virtio-blk")) {
+        char v[4];
         virtio_blk_action();
-        a = "poweroff";
+        /* vtg.blk-reboot-once=1: the first boot resets the VM, the second powers off. */
+        int again = cmdline_get("vtg.blk-reboot-once", v, sizeof(v)) && streq(v, "1");
+        a = again && boot_count == 0 ? "reboot" : "poweroff";
     }
     if (streq(a, "poweroff")) {
         do_poweroff();
