@@ -99,13 +99,22 @@ impl HostFile {
         self.read_only
     }
 
+    /// Size in bytes; for a block device (whose stat size is 0) the device's size.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> Result<u64> {
-        Ok(self
+        use std::os::unix::fs::FileTypeExt;
+        let meta = self
             .file
             .metadata()
-            .map_err(|e| Error::io(&self.path, "stat", e))?
-            .len())
+            .map_err(|e| Error::io(&self.path, "stat", e))?;
+        if meta.file_type().is_block_device() {
+            // Every I/O here is positional (pread/pwrite), so moving the offset is harmless.
+            use std::io::{Seek, SeekFrom};
+            return (&self.file)
+                .seek(SeekFrom::End(0))
+                .map_err(|e| Error::io(&self.path, "seek", e));
+        }
+        Ok(meta.len())
     }
 
     /// Bytes allocated on the host file system.

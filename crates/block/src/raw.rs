@@ -160,4 +160,43 @@ mod tests {
         drop(img);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A block device (here a loop device) has the device's size, not its stat size of 0.
+    /// Skipped where loop devices cannot be set up (not root, no /dev/loop-control).
+    #[test]
+    fn block_devices_have_their_size() {
+        struct Loop(String);
+        impl Drop for Loop {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("losetup")
+                    .args(["-d", &self.0])
+                    .status();
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("vireo-raw-bdev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("backing.img");
+        std::fs::write(&file, vec![7u8; 3 << 20]).unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&file)
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _ => {
+                eprintln!("skipped: cannot set up a loop device (needs root and losetup)");
+                let _ = std::fs::remove_dir_all(&dir);
+                return;
+            }
+        };
+        let _loop = Loop(dev.clone());
+        let img = Raw::open(Path::new(&dev), true).unwrap();
+        assert_eq!(img.size(), 3 << 20);
+        let mut b = [0u8; 512];
+        img.read_at(&mut b, (3 << 20) - 512).unwrap();
+        assert_eq!(b, [7u8; 512]);
+        drop(img);
+        drop(_loop);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
