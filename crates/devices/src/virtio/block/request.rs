@@ -447,7 +447,10 @@ impl Executor {
             let Some(offset) = self.range(sector, bytes) else {
                 return Status::IoErr;
             };
-            todo.push((offset, bytes));
+            // An empty range asks for nothing (and fallocate would refuse it).
+            if bytes != 0 {
+                todo.push((offset, bytes));
+            }
         }
         for (offset, bytes) in todo {
             let backend = self.disk.backend();
