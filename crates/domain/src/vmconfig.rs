@@ -4,7 +4,7 @@
 //! cannot run fails with the element's path.
 
 use vireo_hypervisor::CpuTemplate;
-use vireo_vmm::config::devices::{MAX_DISK_QUEUES, MAX_SERIAL_LEN};
+use vireo_vmm::config::devices::{MAX_DISK_QUEUES, MAX_NET_QUEUES, MAX_SERIAL_LEN};
 use vireo_vmm::config::{BalloonConfig, NetConfig, VsockConfig};
 use vireo_vmm::config::{DiskConfig, DiskFormat as VmmDiskFormat};
 use vireo_vmm::{ConsoleConfig, VmConfig};
@@ -243,9 +243,32 @@ fn interface(i: &Interface) -> Result<NetConfig, DomainError> {
         .target_dev
         .clone()
         .filter(|dev| !dev.starts_with("vnet") && !dev.starts_with("vireo-tap"));
+    // <driver queues='N'/>: queue pairs (kept verbatim among the interface's children).
+    let queues = match i
+        .extra
+        .iter()
+        .filter(|e| e.name == "driver")
+        .flat_map(|e| e.attrs.iter())
+        .find(|(k, _)| k == "queues")
+    {
+        None => None,
+        Some((_, v)) => match v.parse::<u16>() {
+            Ok(q) if (1..=MAX_NET_QUEUES).contains(&q) => Some(q).filter(|&q| q > 1),
+            _ => {
+                return Err(DomainError::invalid(
+                    format!(
+                        "/domain/devices/interface[mac/@address='{}']/driver/@queues",
+                        i.mac
+                    ),
+                    format!("'{v}' is not a queue count (1..={MAX_NET_QUEUES})"),
+                ))
+            }
+        },
+    };
     Ok(NetConfig {
         tap,
         mac: Some(i.mac.to_string()),
         bridge,
+        queues,
     })
 }

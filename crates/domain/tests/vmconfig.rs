@@ -271,6 +271,7 @@ fn interfaces_become_virtio_nets_on_taps() {
         tap: tap.map(String::from),
         mac: Some(mac.into()),
         bridge: bridge.map(String::from),
+        queues: None,
     };
     assert_eq!(
         c.nets,
@@ -290,6 +291,26 @@ fn interfaces_become_virtio_nets_on_taps() {
         .to_vm_config(ConsoleConfig::Stdio)
         .unwrap();
     assert!(c.nets[0].mac.as_deref().unwrap().starts_with("52:54:00:"));
+    // <driver queues='N'/> → queue pairs; out of range is named.
+    let c = small(
+        "",
+        "restart",
+        "<interface type='ethernet'><mac address='52:54:00:00:00:07'/><driver name='vhost' queues='4'/></interface>",
+    )
+    .to_vm_config(ConsoleConfig::Stdio)
+    .unwrap();
+    assert_eq!(c.nets[0].queues, Some(4));
+    let e = small(
+        "",
+        "restart",
+        "<interface type='ethernet'><mac address='52:54:00:00:00:07'/><driver queues='99'/></interface>",
+    )
+    .to_vm_config(ConsoleConfig::Stdio)
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/domain/devices/interface[mac/@address='52:54:00:00:00:07']/driver/@queues: '99' is not a queue count (1..=16)"
+    );
     // A model other than virtio is refused when the XML is read.
     let e = Domain::from_xml(
         &SMALL

@@ -76,8 +76,9 @@ pub struct RunArgs {
     pub disks: Vec<DiskConfig>,
     /// A virtio-net interface on a TAP (repeatable): tap=auto creates vireo-tapN (needs
     /// CAP_NET_ADMIN), tap=NAME attaches to an existing TAP; mac= defaults to a
-    /// generated 52:54:00:xx:xx:xx; bridge=BR adds the TAP to a host bridge.
-    #[arg(long = "net", value_name = "tap=NAME|auto,mac=MAC,bridge=BR")]
+    /// generated 52:54:00:xx:xx:xx; bridge=BR adds the TAP to a host bridge; queues=N
+    /// queue pairs (a multi-queue TAP).
+    #[arg(long = "net", value_name = "tap=NAME|auto,mac=MAC,bridge=BR,queues=N")]
     pub nets: Vec<NetConfig>,
     /// A virtio-rng device (PCI) fed from the host's getrandom(2): the guest's /dev/hwrng.
     #[arg(long)]

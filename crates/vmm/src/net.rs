@@ -30,8 +30,13 @@ pub fn open_backends(nets: &[NetConfig]) -> Result<Vec<Arc<NetBackend>>, VmmErro
                 .map(str::parse::<MacAddr>)
                 .transpose()
                 .map_err(err)?;
-            let backend = NetBackend::open(&which, mac, net.bridge.as_deref())
-                .map_err(|e| err(e.to_string()))?;
+            let backend = NetBackend::open_queues(
+                &which,
+                mac,
+                net.bridge.as_deref(),
+                net.queues.unwrap_or(1),
+            )
+            .map_err(|e| err(e.to_string()))?;
             log::info!(
                 "--net #{}: TAP {} ({}), guest MAC {}",
                 i + 1,

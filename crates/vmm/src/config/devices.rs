@@ -171,6 +171,10 @@ pub struct NetConfig {
     /// A host bridge the TAP is added to when the VMM starts (needs CAP_NET_ADMIN).
     #[serde(default)]
     pub bridge: Option<String>,
+    /// Queue pairs (1..=16; `None`: 1): more than one needs a multi-queue TAP and gives the
+    /// guest MQ and a control queue.
+    #[serde(default)]
+    pub queues: Option<u16>,
 }
 
 impl NetConfig {
@@ -186,11 +190,20 @@ impl NetConfig {
         if let Some(m) = &self.mac {
             m.parse::<MacAddr>()?;
         }
+        if let Some(q) = self.queues {
+            if !(1..=MAX_NET_QUEUES).contains(&q) {
+                return Err(format!("queues={q} is out of range (1..={MAX_NET_QUEUES})"));
+            }
+        }
         Ok(())
     }
 }
 
-/// `tap=NAME|auto[,mac=MAC][,bridge=BR]`: the `--net` flag (`tap` defaults to `auto`).
+/// Most queue pairs of one interface (`queues=`).
+pub const MAX_NET_QUEUES: u16 = vireo_devices::virtio::net::device::MAX_QUEUE_PAIRS;
+
+/// `tap=NAME|auto[,mac=MAC][,bridge=BR][,queues=N]`: the `--net` flag (`tap` defaults to
+/// `auto`).
 impl std::str::FromStr for NetConfig {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -199,7 +212,7 @@ impl std::str::FromStr for NetConfig {
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').ok_or_else(|| {
                 format!(
-                    "'{}' is not key=value (keys: tap, mac, bridge)",
+                    "'{}' is not key=value (keys: tap, mac, bridge, queues)",
                     part.escape_default()
                 )
             })?;
@@ -214,9 +227,14 @@ impl std::str::FromStr for NetConfig {
                 "tap" => c.tap = Some(value.to_string()),
                 "mac" => c.mac = Some(value.to_string()),
                 "bridge" => c.bridge = Some(value.to_string()),
+                "queues" => {
+                    c.queues = Some(value.parse().map_err(|_| {
+                        format!("queues={} is not a number", value.escape_default())
+                    })?)
+                }
                 _ => {
                     return Err(format!(
-                        "unknown key '{}' (keys: tap, mac, bridge)",
+                        "unknown key '{}' (keys: tap, mac, bridge, queues)",
                         key.escape_default()
                     ))
                 }
@@ -360,13 +378,16 @@ mod tests {
         assert_eq!(n, NetConfig::default());
         let n: NetConfig = "".parse().unwrap();
         assert_eq!(n.tap, None, "tap defaults to auto");
-        let n: NetConfig = "tap=tap0,mac=52:54:00:12:34:56,bridge=br0".parse().unwrap();
+        let n: NetConfig = "tap=tap0,mac=52:54:00:12:34:56,bridge=br0,queues=4"
+            .parse()
+            .unwrap();
         assert_eq!(
             n,
             NetConfig {
                 tap: Some("tap0".into()),
                 mac: Some("52:54:00:12:34:56".into()),
                 bridge: Some("br0".into()),
+                queues: Some(4),
             }
         );
         for (bad, want) in [
@@ -378,6 +399,9 @@ mod tests {
             ("tap=a,tap=b", "tap= is given twice"),
             ("model=e1000", "unknown key 'model'"),
             ("tap", "'tap' is not key=value"),
+            ("queues=0", "queues=0 is out of range (1..=16)"),
+            ("queues=17", "out of range"),
+            ("queues=two", "queues=two is not a number"),
         ] {
             let e = bad.parse::<NetConfig>().unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");

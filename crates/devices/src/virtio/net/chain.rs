@@ -40,6 +40,8 @@ pub enum ChainError {
         "transmit chain of {0} bytes is shorter than the {VNET_HDR_LEN}-byte virtio-net header"
     )]
     TooShort(usize),
+    #[error("control command has no device-writable byte for its ack")]
+    NoAck,
 }
 
 impl ChainError {
@@ -48,7 +50,10 @@ impl ChainError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            ChainError::Broken | ChainError::OutOfRange { .. } | ChainError::WrongDirection(_)
+            ChainError::Broken
+                | ChainError::OutOfRange { .. }
+                | ChainError::WrongDirection(_)
+                | ChainError::NoAck
         )
     }
 }
@@ -180,4 +185,51 @@ impl RxBuffer {
         }
         Ok(done)
     }
+}
+
+/// Longest control command accepted (class, command and data; a MAC table could be long,
+/// but vireo only takes the 4-byte VQ_PAIRS_SET).
+pub const MAX_CTRL_LEN: usize = 4096;
+
+/// Checks a control-queue chain: device-readable pieces (class, command, data) then
+/// device-writable ones, the first byte of which takes the ack. Returns the command bytes
+/// (at most [`MAX_CTRL_LEN`]) and where the ack goes.
+pub fn parse_ctrl<M: GuestMemory>(
+    mem: &M,
+    chain: impl Iterator<Item = Descriptor>,
+) -> Result<(Vec<u8>, GuestAddress), ChainError> {
+    let mut cmd = Vec::new();
+    let mut ack = None;
+    let mut last_next = true;
+    for (index, d) in chain.enumerate() {
+        if index >= MAX_CHAIN_DESCRIPTORS {
+            return Err(ChainError::TooManyDescriptors);
+        }
+        let writable = d.is_write_only();
+        // Readable pieces come first (virtio 1.x §2.7.4.2).
+        if !writable && ack.is_some() {
+            return Err(ChainError::WrongDirection(index));
+        }
+        check(mem, index, &d, writable)?;
+        if writable {
+            if ack.is_none() && d.len() > 0 {
+                ack = Some(d.addr());
+            }
+        } else {
+            let take = (d.len() as usize).min(MAX_CTRL_LEN - cmd.len());
+            let start = cmd.len();
+            cmd.resize(start + take, 0);
+            mem.read_slice(&mut cmd[start..], d.addr())
+                .map_err(|_| ChainError::OutOfRange {
+                    index,
+                    addr: d.addr().0,
+                    len: d.len(),
+                })?;
+        }
+        last_next = d.has_next();
+    }
+    if last_next {
+        return Err(ChainError::Broken);
+    }
+    ack.map(|a| (cmd, a)).ok_or(ChainError::NoAck)
 }

@@ -21,8 +21,6 @@ use crate::virtio::{ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1}
 
 /// Queue size offered for both queues (what QEMU and Linux use by default).
 pub const QUEUE_SIZE: u16 = 256;
-const RX_QUEUE: u16 = 0;
-const TX_QUEUE: u16 = 1;
 /// Size of the configuration space we serve: mac, status, max_virtqueue_pairs.
 const CONFIG_LEN: usize = 10;
 
@@ -42,14 +40,22 @@ const BASE_FEATURES: u64 = VIRTIO_F_VERSION_1
     | bit(vn::VIRTIO_NET_F_CSUM)
     | bit(vn::VIRTIO_NET_F_GUEST_CSUM);
 
-/// The host end of a virtio-net device: the open TAP, the MAC the guest gets, and the
-/// offloads this TAP supports.
+/// Most queue pairs (`queues=N`): TAP queues are file descriptors, worker threads and
+/// rings each; 16 is what a large guest uses.
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+/// Size of the control queue (when there are several pairs).
+pub const CTRL_QUEUE_SIZE: u16 = 64;
+
+/// The host end of a virtio-net device: the open TAP (one descriptor per queue pair), the
+/// MAC the guest gets, and the offloads this TAP supports.
 #[derive(Debug)]
 pub struct NetBackend {
-    tap: Tap,
+    taps: Vec<Tap>,
     mac: MacAddr,
     /// `TUN_F_*` flags the kernel accepted when probed.
     tun_offloads: u32,
+    /// Which TAP queues are attached (all, when opened).
+    attached: std::sync::Mutex<Vec<bool>>,
 }
 
 impl NetBackend {
@@ -61,7 +67,19 @@ impl NetBackend {
         mac: Option<MacAddr>,
         bridge: Option<&str>,
     ) -> Result<NetBackend, TapError> {
-        let tap = Tap::open(which)?;
+        Self::open_queues(which, mac, bridge, 1)
+    }
+
+    /// As [`NetBackend::open`], with `pairs` queue pairs (1..=[`MAX_QUEUE_PAIRS`]) on a
+    /// multi-queue TAP; the device then offers MQ and a control queue.
+    pub fn open_queues(
+        which: &TapName,
+        mac: Option<MacAddr>,
+        bridge: Option<&str>,
+        pairs: u16,
+    ) -> Result<NetBackend, TapError> {
+        let taps = Tap::open_queues(which, pairs.clamp(1, MAX_QUEUE_PAIRS))?;
+        let tap = &taps[0];
         if let Some(br) = bridge {
             tap.attach_to_bridge(br)?;
         }
@@ -74,16 +92,42 @@ impl NetBackend {
                 err,
             })?,
         };
-        let tun_offloads = probe_offloads(&tap);
+        let tun_offloads = probe_offloads(tap);
+        let attached = std::sync::Mutex::new(vec![true; taps.len()]);
         Ok(NetBackend {
-            tap,
+            taps,
             mac,
             tun_offloads,
+            attached,
         })
     }
 
+    /// The TAP (its first queue).
     pub fn tap(&self) -> &Tap {
-        &self.tap
+        &self.taps[0]
+    }
+
+    /// The TAP queue of pair `k`.
+    pub fn queue(&self, k: usize) -> &Tap {
+        &self.taps[k]
+    }
+
+    pub fn queue_pairs(&self) -> usize {
+        self.taps.len()
+    }
+
+    /// Keeps the first `n` TAP queues attached and detaches the others, so the kernel
+    /// queues frames only for the pairs the driver uses.
+    pub fn set_active_pairs(&self, n: usize) -> std::io::Result<()> {
+        let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, tap) in self.taps.iter().enumerate() {
+            let want = k < n.max(1);
+            if attached[k] != want {
+                tap.set_queue_attached(want)?;
+                attached[k] = want;
+            }
+        }
+        Ok(())
     }
 
     pub fn mac(&self) -> MacAddr {
@@ -93,6 +137,9 @@ impl NetBackend {
     /// Features a device on this backend offers.
     pub fn features(&self) -> u64 {
         let mut f = BASE_FEATURES;
+        if self.taps.len() > 1 {
+            f |= bit(vn::VIRTIO_NET_F_MQ) | bit(vn::VIRTIO_NET_F_CTRL_VQ);
+        }
         let t = self.tun_offloads;
         if t & (libc::TUN_F_TSO4 | libc::TUN_F_TSO6) == libc::TUN_F_TSO4 | libc::TUN_F_TSO6 {
             f |= bit(vn::VIRTIO_NET_F_HOST_TSO4)
@@ -163,7 +210,8 @@ pub struct VirtioNet {
     backend: Arc<NetBackend>,
     stats: Arc<NetStats>,
     acked: u64,
-    running: Option<Running>,
+    /// One worker per served queue pair.
+    running: Vec<Running>,
 }
 
 impl VirtioNet {
@@ -172,7 +220,7 @@ impl VirtioNet {
             backend,
             stats: Arc::new(NetStats::default()),
             acked: 0,
-            running: None,
+            running: Vec::new(),
         }
     }
 
@@ -186,8 +234,9 @@ impl VirtioNet {
         c[..6].copy_from_slice(&self.backend.mac.0);
         // The link is up for as long as the device exists (no link control yet).
         c[6..8].copy_from_slice(&(vn::VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        // max_virtqueue_pairs (meaningful only with F_MQ): one pair.
-        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        // max_virtqueue_pairs (meaningful only with F_MQ).
+        let pairs = self.backend.queue_pairs() as u16;
+        c[8..10].copy_from_slice(&pairs.to_le_bytes());
         c
     }
 }
@@ -198,7 +247,12 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_SIZE, QUEUE_SIZE]
+        let pairs = self.backend.queue_pairs();
+        let mut sizes = vec![QUEUE_SIZE; 2 * pairs];
+        if pairs > 1 {
+            sizes.push(CTRL_QUEUE_SIZE);
+        }
+        sizes
     }
 
     fn features(&self) -> u64 {
@@ -232,26 +286,21 @@ impl VirtioDevice for VirtioNet {
             queues,
             interrupt,
         } = activation;
-        let mut rx = None;
-        let mut tx = None;
-        for q in queues {
-            match q.index {
-                RX_QUEUE => rx = Some(q),
-                TX_QUEUE => tx = Some(q),
-                i => {
-                    return Err(ActivateError::BadSetup(format!(
-                        "virtio-net has no queue {i}"
-                    )))
-                }
-            }
-        }
-        let (Some(mut rx), Some(mut tx)) = (rx, tx) else {
-            return Err(ActivateError::BadSetup(
-                "virtio-net needs both its receive and transmit queues enabled".into(),
-            ));
+        let has = |b: u32| acked_features & bit(b) != 0;
+        let dev_pairs = self.backend.queue_pairs();
+        // Without MQ the driver uses one pair, and the control queue (if any) is queue 2.
+        let pairs = if has(vn::VIRTIO_NET_F_MQ) {
+            dev_pairs
+        } else {
+            1
         };
-        let event_idx = acked_features & bit(VIRTIO_RING_F_EVENT_IDX) != 0;
-        for q in [&mut rx, &mut tx] {
+        let ctrl_index = (2 * pairs) as u16;
+        let mut by_index = std::collections::BTreeMap::new();
+        for q in queues {
+            by_index.insert(q.index, q);
+        }
+        let event_idx = has(VIRTIO_RING_F_EVENT_IDX);
+        for q in by_index.values_mut() {
             if !q.queue.is_valid(&mem) {
                 return Err(ActivateError::BadSetup(format!(
                     "virtio-net queue {} is not inside guest memory",
@@ -260,38 +309,76 @@ impl VirtioDevice for VirtioNet {
             }
             q.queue.set_event_idx(event_idx);
         }
+        let ctrl = if has(vn::VIRTIO_NET_F_CTRL_VQ) {
+            by_index.remove(&ctrl_index)
+        } else {
+            None
+        };
+        let mut workers = Vec::new();
+        for k in 0..pairs {
+            let rx = by_index.remove(&((2 * k) as u16));
+            let tx = by_index.remove(&((2 * k + 1) as u16));
+            match (rx, tx) {
+                (Some(rx), Some(tx)) => workers.push((k, rx, tx)),
+                _ if k == 0 => {
+                    return Err(ActivateError::BadSetup(
+                        "virtio-net needs both its receive and transmit queues enabled".into(),
+                    ))
+                }
+                // A pair the driver left off is not served.
+                _ => {}
+            }
+        }
+        if let Some(i) = by_index.keys().next() {
+            return Err(ActivateError::BadSetup(format!(
+                "virtio-net has no queue {i} with the features accepted"
+            )));
+        }
+        // One pair until the driver asks for more (virtio 1.x §5.1.6.5.5).
+        self.backend.set_active_pairs(1)?;
         let tap_flags = tun_offloads_for(acked_features) & self.backend.tun_offloads;
-        self.backend.tap.set_offload(tap_flags)?;
-        let stop = EventFd::new(EFD_NONBLOCK)?;
-        let worker = Worker::new(
-            mem,
-            self.backend.clone(),
-            rx,
-            tx,
-            interrupt,
-            acked_features & bit(vn::VIRTIO_NET_F_MRG_RXBUF) != 0,
-            self.stats.clone(),
-            stop.try_clone()?,
-        )?;
-        let thread = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || worker.run())?;
+        self.backend.tap().set_offload(tap_flags)?;
+        let mut ctrl = ctrl;
         self.acked = acked_features;
-        self.running = Some(Running { stop, thread });
+        for (k, rx, tx) in workers {
+            let stop = EventFd::new(EFD_NONBLOCK)?;
+            let mut worker = Worker::new(
+                mem.clone(),
+                self.backend.clone(),
+                k,
+                rx,
+                tx,
+                interrupt.clone(),
+                has(vn::VIRTIO_NET_F_MRG_RXBUF),
+                self.stats.clone(),
+                stop.try_clone()?,
+            )?;
+            if k == 0 {
+                if let Some(c) = ctrl.take() {
+                    worker = worker.with_ctrl(c, pairs)?;
+                }
+            }
+            let thread = std::thread::Builder::new()
+                .name(format!("virtio-net-{k}"))
+                .spawn(move || worker.run())?;
+            self.running.push(Running { stop, thread });
+        }
         Ok(())
     }
 
     fn reset(&mut self) {
-        if let Some(r) = self.running.take() {
+        for r in &self.running {
             if let Err(e) = r.stop.write(1) {
-                log::error!("virtio-net: cannot stop the worker: {e}");
+                log::error!("virtio-net: cannot stop a worker: {e}");
             }
+        }
+        for r in self.running.drain(..) {
             if r.thread.join().is_err() {
-                log::error!("virtio-net: the worker thread panicked");
+                log::error!("virtio-net: a worker thread panicked");
             }
         }
         if self.acked != 0 {
-            let _ = self.backend.tap.set_offload(0);
+            let _ = self.backend.tap().set_offload(0);
             self.acked = 0;
         }
     }

@@ -88,6 +88,8 @@ pub enum TapError {
     NoSuchDevice(String),
     #[error("'{0}' is not a TAP interface (it is another kind of network device, or a TUN)")]
     NotTap(String),
+    #[error("'{0}' is not a multi-queue TAP (queues=N needs one made with `ip tuntap add dev {0} mode tap multi_queue`)")]
+    NotMultiQueue(String),
     #[error("TAP '{0}' is busy: another process (a running VM?) has it open")]
     Busy(String),
     #[error("not permitted to {action}: needs CAP_NET_ADMIN{hint}")]
@@ -187,6 +189,43 @@ impl Tap {
     /// no packet information prefix, no offloads (until [`Tap::set_offload`]) and a
     /// non-blocking descriptor. An interface vireo creates is brought up.
     pub fn open(which: &TapName) -> Result<Tap, TapError> {
+        Self::open_queue(which, false)
+    }
+
+    /// Opens `queues` queues of one multi-queue TAP (`IFF_MULTI_QUEUE`), one descriptor
+    /// each, all attached; one queue is [`Tap::open`]. A named TAP must have been made
+    /// multi-queue (`ip tuntap add … multi_queue`).
+    pub fn open_queues(which: &TapName, queues: u16) -> Result<Vec<Tap>, TapError> {
+        if queues <= 1 {
+            return Ok(vec![Self::open(which)?]);
+        }
+        let first = Self::open_queue(which, true)?;
+        let same = TapName::Named(first.name.clone());
+        let mut taps = vec![first];
+        for _ in 1..queues {
+            taps.push(Self::open_queue(&same, true)?);
+        }
+        Ok(taps)
+    }
+
+    /// Attaches this queue to its TAP, or detaches it (`TUNSETQUEUE`): the kernel spreads
+    /// frames only over attached queues, and a detached queue neither reads nor writes.
+    pub fn set_queue_attached(&self, attached: bool) -> io::Result<()> {
+        let mut req = ifreq("");
+        let flag = if attached {
+            libc::IFF_ATTACH_QUEUE
+        } else {
+            libc::IFF_DETACH_QUEUE
+        };
+        req.ifr_ifru.ifru_flags = flag as libc::c_short;
+        // SAFETY: TUNSETQUEUE reads the flags of the ifreq we own.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNSETQUEUE, &req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn open_queue(which: &TapName, multi: bool) -> Result<Tap, TapError> {
         let (request, action) = match which {
             TapName::Auto => (AUTO_TEMPLATE.to_string(), "create a TAP interface"),
             TapName::Named(name) => {
@@ -224,14 +263,17 @@ impl Tap {
                 },
             })?;
 
-        let base = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        let mut base = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if multi {
+            base |= libc::IFF_MULTI_QUEUE;
+        }
         let mut req = ifreq(&request);
         req.ifr_ifru.ifru_flags = base as libc::c_short;
         // SAFETY: TUNSETIFF reads the name and flags of the ifreq we own and writes back
         // the interface's name.
         let mut r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
         let mut err = io::Error::last_os_error();
-        if r < 0 && err.raw_os_error() == Some(libc::EINVAL) && *which != TapName::Auto {
+        if r < 0 && err.raw_os_error() == Some(libc::EINVAL) && *which != TapName::Auto && !multi {
             // An existing multi-queue TAP only accepts multi-queue attachments.
             req.ifr_ifru.ifru_flags = (base | libc::IFF_MULTI_QUEUE) as libc::c_short;
             // SAFETY: as above.
@@ -251,6 +293,7 @@ impl Tap {
                     },
                 },
                 Some(libc::EBUSY) => TapError::Busy(name),
+                Some(libc::EINVAL) if multi => TapError::NotMultiQueue(name),
                 Some(libc::EINVAL) => TapError::NotTap(name),
                 _ => TapError::Io {
                     name,

@@ -934,3 +934,162 @@ fn throughput() {
         return;
     };
 }
+
+// ---- multiqueue ----
+
+/// A device with two queue pairs and a control queue, activated with MQ and CTRL_VQ.
+struct MqRig {
+    mem: GuestMemory,
+    dev: VirtioNet,
+    /// rx0, tx0, rx1, tx1, ctrl
+    q: Vec<TestQueue>,
+    kicks: Vec<EventFd>,
+    irq: Arc<TestIrq>,
+    host: PacketSocket,
+    tap: String,
+}
+
+fn mq_rig() -> MqRig {
+    netns::quiet_ipv6();
+    let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+    let backend = Arc::new(NetBackend::open_queues(&TapName::Auto, Some(mac), None, 2).unwrap());
+    let tap = backend.tap().name().to_string();
+    let mut dev = VirtioNet::new(backend);
+    let f = dev.features();
+    assert_ne!(f & bit(vn::VIRTIO_NET_F_MQ), 0);
+    assert_ne!(f & bit(vn::VIRTIO_NET_F_CTRL_VQ), 0);
+    assert_eq!(dev.queue_max_sizes(), vec![256, 256, 256, 256, 64]);
+    let mut c = [0u8; 2];
+    dev.read_config(8, &mut c);
+    assert_eq!(c, [2, 0], "max_virtqueue_pairs");
+    let mem = memory();
+    let q: Vec<TestQueue> = (0..5u64)
+        .map(|i| TestQueue::new(0x1000 + i * 0x3000, QSIZE))
+        .collect();
+    let kicks: Vec<EventFd> = (0..5)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    let irq = Arc::new(TestIrq::default());
+    dev.activate(Activation {
+        mem: mem.clone(),
+        acked_features: crate::virtio::VIRTIO_F_VERSION_1
+            | bit(vn::VIRTIO_NET_F_MQ)
+            | bit(vn::VIRTIO_NET_F_CTRL_VQ),
+        queues: (0..5)
+            .map(|i| ActiveQueue {
+                index: i as u16,
+                queue: q[i].queue(),
+                kick: kicks[i].try_clone().unwrap(),
+            })
+            .collect(),
+        interrupt: irq.clone(),
+    })
+    .unwrap();
+    let host = PacketSocket::bind(&tap);
+    MqRig {
+        mem,
+        dev,
+        q,
+        kicks,
+        irq,
+        host,
+        tap,
+    }
+}
+
+impl MqRig {
+    /// Sends a control command; returns the device's ack byte.
+    fn ctrl(&mut self, cmd: &[u8]) -> u8 {
+        let (c, a) = (DATA + 0x80_0000, DATA + 0x80_1000);
+        self.mem.write_slice(cmd, GuestAddress(c)).unwrap();
+        self.mem.write_obj(0xeeu8, GuestAddress(a)).unwrap();
+        self.q[4].add(&self.mem, &[(c, cmd.len() as u32, false), (a, 1, true)]);
+        self.kicks[4].write(1).unwrap();
+        let mem = self.mem.clone();
+        let mut got = Vec::new();
+        wait_for("control answer", || {
+            got.extend(self.q[4].take_used(&mem));
+            !got.is_empty()
+        });
+        assert_eq!(got[0].1, 1, "one byte written");
+        self.mem.read_obj(GuestAddress(a)).unwrap()
+    }
+
+    /// Frames the guest has received so far on rx queue `i` (queue 0 or 2).
+    fn received(&mut self, i: usize) -> usize {
+        let mem = self.mem.clone();
+        self.q[i].take_used(&mem).len()
+    }
+}
+
+#[test]
+fn multiqueue_pairs_switch_through_the_control_queue() {
+    let Some(()) = netns::run("virtio-net multiqueue", || {
+        let mut r = mq_rig();
+        netns::ip(&["addr", "add", "10.99.0.1/24", "dev", &r.tap]);
+        for (qi, base) in [(0usize, DATA), (2, DATA + 0x40_0000)] {
+            for i in 0..60u64 {
+                r.q[qi].add(&r.mem, &[(base + i * 0x1000, 2048, true)]);
+            }
+            r.kicks[qi].write(1).unwrap();
+        }
+        let guest_mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let flows = |r: &MqRig, n: u16, first_port: u16| {
+            for p in 0..n {
+                r.host
+                    .send(&udp_frame(guest_mac, first_port + p, b"flow", 0));
+            }
+        };
+        // One pair until the driver asks for more: every flow lands on rx0.
+        flows(&r, 16, 1000);
+        let (mut rx0, mut rx1) = (0, 0);
+        wait_for("16 frames", || {
+            rx0 += r.received(0);
+            rx1 += r.received(2);
+            rx0 + rx1 >= 16
+        });
+        assert_eq!((rx0, rx1), (16, 0));
+        // VQ_PAIRS_SET 2: flows spread over both receive queues.
+        assert_eq!(r.ctrl(&[4, 0, 2, 0]), 0, "VIRTIO_NET_OK");
+        flows(&r, 32, 2000);
+        let (mut rx0, mut rx1) = (0, 0);
+        wait_for("32 frames", || {
+            rx0 += r.received(0);
+            rx1 += r.received(2);
+            rx0 + rx1 >= 32
+        });
+        assert_eq!(rx0 + rx1, 32);
+        assert!(rx0 > 0 && rx1 > 0, "rx0 {rx0} rx1 {rx1}");
+        // Transmit on the second pair.
+        let g = frame_from_guest(200, 4);
+        r.mem
+            .write_slice(&g, GuestAddress(DATA + 0x60_0000))
+            .unwrap();
+        r.q[3].add(&r.mem, &[(DATA + 0x60_0000, g.len() as u32, false)]);
+        r.kicks[3].write(1).unwrap();
+        assert_eq!(r.host.recv(is_test_frame), &g[VNET_HDR_LEN..]);
+        // Out of range pair counts and other commands are refused.
+        assert_eq!(r.ctrl(&[4, 0, 3, 0]), 1, "3 pairs: VIRTIO_NET_ERR");
+        assert_eq!(r.ctrl(&[4, 0, 0, 0]), 1, "0 pairs");
+        assert_eq!(r.ctrl(&[0, 0, 1]), 1, "RX promisc: not supported");
+        assert_eq!(r.ctrl(&[4]), 1, "truncated");
+        // Back to one pair: everything on rx0 again.
+        assert_eq!(r.ctrl(&[4, 0, 1, 0]), 0);
+        flows(&r, 16, 3000);
+        let (mut rx0, mut rx1) = (0, 0);
+        wait_for("16 more frames", || {
+            rx0 += r.received(0);
+            rx1 += r.received(2);
+            rx0 + rx1 >= 16
+        });
+        assert_eq!((rx0, rx1), (16, 0));
+        assert_eq!(r.irq.resets.load(Ordering::SeqCst), 0);
+        // A control command with nowhere to put the ack: the device needs a reset.
+        r.q[4].add(&r.mem, &[(DATA, 4, false)]);
+        r.kicks[4].write(1).unwrap();
+        wait_for("needs_reset", || r.irq.resets.load(Ordering::SeqCst) == 1);
+        r.dev.reset();
+    }) else {
+        return;
+    };
+}

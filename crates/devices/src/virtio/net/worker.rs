@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::Bytes;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::chain::{gather_tx, RxBuffer, MAX_FRAME, MAX_TX_LEN};
+use super::chain::{gather_tx, parse_ctrl, RxBuffer, MAX_FRAME, MAX_TX_LEN};
 use super::device::NetBackend;
 use super::tap::VNET_HDR_LEN;
 use crate::virtio::{ActiveQueue, GuestMemory, Queue, VirtioInterrupt};
@@ -50,6 +51,13 @@ const TOKEN_RX_KICK: u64 = 0;
 const TOKEN_TX_KICK: u64 = 1;
 const TOKEN_TAP: u64 = 2;
 const TOKEN_STOP: u64 = 3;
+const TOKEN_CTRL_KICK: u64 = 4;
+
+/// Control commands (virtio 1.x §5.1.6.5).
+const CTRL_MQ: u8 = 4;
+const CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
+const CTRL_OK: u8 = 0;
+const CTRL_ERR: u8 = 1;
 
 /// Most frames moved per direction before the loop looks at its other events, so a flood
 /// one way cannot starve the other direction or a reset.
@@ -72,6 +80,8 @@ enum Delivery {
 pub(super) struct Worker {
     mem: GuestMemory,
     backend: Arc<NetBackend>,
+    /// Which queue pair (and TAP queue) this worker serves.
+    pair: usize,
     rx: ActiveQueue,
     tx: ActiveQueue,
     interrupt: Arc<dyn VirtioInterrupt>,
@@ -92,6 +102,11 @@ pub(super) struct Worker {
     /// without waiting for an event.
     rx_more: bool,
     tx_more: bool,
+    /// The control queue (worker 0 only, when the driver accepted CTRL_VQ), and the
+    /// number of queue pairs the driver may switch on through it.
+    ctrl: Option<ActiveQueue>,
+    ctrl_pairs: usize,
+    ctrl_broken: bool,
 }
 
 /// The next available chain, or an error when the driver's available index is not
@@ -112,6 +127,7 @@ impl Worker {
     pub(super) fn new(
         mem: GuestMemory,
         backend: Arc<NetBackend>,
+        pair: usize,
         rx: ActiveQueue,
         tx: ActiveQueue,
         interrupt: Arc<dyn VirtioInterrupt>,
@@ -126,7 +142,7 @@ impl Worker {
         add(rx.kick.as_raw_fd(), EventSet::IN, TOKEN_RX_KICK)?;
         add(tx.kick.as_raw_fd(), EventSet::IN, TOKEN_TX_KICK)?;
         add(
-            backend.tap().as_raw_fd(),
+            backend.queue(pair).as_raw_fd(),
             EventSet::IN | EventSet::EDGE_TRIGGERED,
             TOKEN_TAP,
         )?;
@@ -134,6 +150,7 @@ impl Worker {
         Ok(Worker {
             mem,
             backend,
+            pair,
             rx,
             tx,
             interrupt,
@@ -149,12 +166,16 @@ impl Worker {
             tx_broken: false,
             rx_more: false,
             tx_more: false,
+            ctrl: None,
+            ctrl_pairs: 1,
+            ctrl_broken: false,
         })
     }
 
     /// Serves the queues until the stop eventfd fires.
     pub(super) fn run(mut self) {
         // The driver may have queued frames before DRIVER_OK, and the TAP may hold some.
+        self.process_ctrl();
         self.process_tx();
         self.process_rx();
         let mut events = [EpollEvent::default(); 8];
@@ -187,6 +208,12 @@ impl Worker {
                         self.tap_readable = true;
                         self.process_rx();
                     }
+                    TOKEN_CTRL_KICK => {
+                        if let Some(c) = &self.ctrl {
+                            let _ = c.kick.read();
+                        }
+                        self.process_ctrl();
+                    }
                     _ => {}
                 }
             }
@@ -196,6 +223,92 @@ impl Worker {
             if self.rx_more {
                 self.process_rx();
             }
+        }
+    }
+
+    /// Gives this worker the control queue; `pairs`: how many queue pairs the driver may
+    /// ask for.
+    pub(super) fn with_ctrl(mut self, ctrl: ActiveQueue, pairs: usize) -> io::Result<Worker> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            ctrl.kick.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_CTRL_KICK),
+        )?;
+        self.ctrl = Some(ctrl);
+        self.ctrl_pairs = pairs;
+        Ok(self)
+    }
+
+    /// Answers control commands: only `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` (1..=pairs) is
+    /// supported, which attaches that many TAP queues and detaches the rest so the kernel
+    /// queues frames only for active pairs; anything else gets VIRTIO_NET_ERR.
+    fn process_ctrl(&mut self) {
+        if self.ctrl_broken {
+            return;
+        }
+        let mem = self.mem.clone();
+        let Some(ctrl) = self.ctrl.as_mut() else {
+            return;
+        };
+        let mut answered = false;
+        let mut fault = None;
+        loop {
+            let chain = match next_chain(&mut ctrl.queue, &mem) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    fault = Some(e);
+                    break;
+                }
+            };
+            let head = chain.head_index();
+            let (cmd, ack) = match parse_ctrl(&mem, chain) {
+                Ok(v) => v,
+                Err(e) => {
+                    fault = Some(e.to_string());
+                    break;
+                }
+            };
+            let ok = match (cmd.first(), cmd.get(1), cmd.get(2..4)) {
+                (Some(&CTRL_MQ), Some(&CTRL_MQ_VQ_PAIRS_SET), Some(n)) => {
+                    let n = usize::from(u16::from_le_bytes([n[0], n[1]]));
+                    (1..=self.ctrl_pairs).contains(&n)
+                        && match self.backend.set_active_pairs(n) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                log::warn!("virtio-net: switching to {n} queue pairs: {e}");
+                                false
+                            }
+                        }
+                }
+                _ => false,
+            };
+            let status = if ok { CTRL_OK } else { CTRL_ERR };
+            if let Err(e) = mem.write_obj(status, ack) {
+                fault = Some(format!("ack byte: {e}"));
+                break;
+            }
+            if let Err(e) = ctrl.queue.add_used(&mem, head, 1) {
+                fault = Some(format!("used ring: {e}"));
+                break;
+            }
+            answered = true;
+        }
+        if answered {
+            match ctrl.queue.needs_notification(&mem) {
+                Ok(true) => {
+                    if let Err(e) = self.interrupt.notify_queue(ctrl.index) {
+                        log::warn!("virtio-net: cannot interrupt the guest: {e}");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => fault = Some(format!("used ring: {e}")),
+            }
+        }
+        if let Some(why) = fault {
+            log::warn!("virtio-net: control queue: {why}; the device needs a reset");
+            self.ctrl_broken = true;
+            self.interrupt.needs_reset();
         }
     }
 
@@ -255,7 +368,7 @@ impl Worker {
                 };
                 let head = chain.head_index();
                 match gather_tx(&mem, chain, &mut self.tx_buf) {
-                    Ok(()) => match self.backend.tap().write(&self.tx_buf) {
+                    Ok(()) => match self.backend.queue(self.pair).write(&self.tx_buf) {
                         Ok(_) => {
                             NetStats::add(&self.stats.tx_frames, 1);
                             NetStats::add(
@@ -309,7 +422,7 @@ impl Worker {
                 if !self.tap_readable {
                     break;
                 }
-                match self.backend.tap().read(&mut self.frame) {
+                match self.backend.queue(self.pair).read(&mut self.frame) {
                     // Never shorter than the header from a TAP with IFF_VNET_HDR.
                     Ok(n) if n <= VNET_HDR_LEN => continue,
                     Ok(n) => self.pending = n,
