@@ -1,5 +1,6 @@
-//! The virtio-net device model (virtio 1.x §5.1): two queues (receive 0, transmit 1), a
-//! MAC address and link status in configuration space, checksum and segmentation offloads
+//! The virtio-net device model (virtio 1.x §5.1): a receive and a transmit queue per queue
+//! pair (one pair, or N on a multi-queue TAP with a control queue to switch them), a MAC
+//! address and link status in configuration space, checksum and segmentation offloads
 //! passed through the TAP's virtio-net headers, and mergeable receive buffers.
 //!
 //! The backend ([`NetBackend`]: the open TAP and the MAC) is opened once when the VMM

@@ -1,5 +1,6 @@
-//! The virtio-net worker thread: one epoll loop over the rx and tx kick eventfds, the TAP
-//! and a stop eventfd.
+//! A virtio-net worker thread, one per queue pair: one epoll loop over the pair's rx and tx
+//! kick eventfds, its TAP queue and a stop eventfd (worker 0 also serves the control
+//! queue).
 //!
 //! * tx: each chain (header + frame) is gathered into a buffer and written to the TAP as one
 //!   frame; the chain goes back to the guest whatever happens to the frame.
