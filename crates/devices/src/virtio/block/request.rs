@@ -16,6 +16,7 @@
 
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::desc::split::Descriptor;
+use vm_memory::bitmap::Bitmap as _;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use super::Disk;
@@ -37,10 +38,6 @@ pub const MAX_RANGES: u32 = 32;
 /// Largest range of one discard / write-zeroes segment, in sectors (1 GiB): keeps one
 /// request's metadata work bounded (`max_discard_sectors`, `max_write_zeroes_sectors`).
 pub const MAX_RANGE_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
-/// Data moves between guest memory and the disk through a bounce buffer of this size:
-/// requests of any length use bounded host memory, and contiguous guest segments are
-/// coalesced into one disk request.
-pub const CHUNK: usize = 1 << 20;
 
 /// A request's completion status (`VIRTIO_BLK_S_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,8 +221,39 @@ fn scatter(mem: &GuestMemory, segs: &[Segment], mut skip: u64, data: &[u8]) -> b
     done == data.len()
 }
 
-/// Request execution state of one queue: the disk, what the driver negotiated, and the
-/// bounce buffer (allocated on first use, at most [`CHUNK`] bytes).
+/// Calls `f` on each piece of host memory behind the segment stream from byte `skip` to
+/// its end, with the piece's position in the stream (minus `skip`). A piece is contiguous
+/// host memory; a segment spanning two guest RAM regions gives two pieces. The segments
+/// were checked to lie in guest RAM; a piece that cannot be mapped anyway is IOERR.
+fn for_each_piece<F>(
+    mem: &GuestMemory,
+    segs: &[Segment],
+    mut skip: u64,
+    mut f: F,
+) -> Result<(), Status>
+where
+    F: FnMut(&vm_memory::VolatileSlice<'_, ()>, u64) -> Result<(), Status>,
+{
+    let mut at = 0u64;
+    for s in segs {
+        let len = u64::from(s.len);
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let start = s.addr.unchecked_add(skip);
+        let n = (len - skip) as usize;
+        skip = 0;
+        for piece in mem.get_slices(start, n) {
+            let piece = piece.map_err(|_| Status::IoErr)?;
+            f(&piece, at)?;
+            at += piece.len() as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Request execution state of one queue: the disk and what the driver negotiated.
 pub struct Executor {
     pub disk: std::sync::Arc<Disk>,
     /// VIRTIO_BLK_F_FLUSH negotiated: the driver flushes; otherwise every write is made
@@ -234,7 +262,6 @@ pub struct Executor {
     /// VIRTIO_BLK_F_DISCARD / VIRTIO_BLK_F_WRITE_ZEROES negotiated.
     pub discard: bool,
     pub write_zeroes: bool,
-    bounce: Vec<u8>,
 }
 
 impl Executor {
@@ -245,7 +272,6 @@ impl Executor {
             discard: has(VIRTIO_BLK_F_DISCARD) && !disk.read_only(),
             write_zeroes: has(VIRTIO_BLK_F_WRITE_ZEROES) && !disk.read_only(),
             disk,
-            bounce: Vec::new(),
         }
     }
 
@@ -331,34 +357,27 @@ impl Executor {
         (offset.checked_add(len)? <= self.disk.capacity_bytes()).then_some(offset)
     }
 
-    fn bounce(&mut self, len: u64) -> &mut [u8] {
-        let n = (len as usize).min(CHUNK);
-        if self.bounce.len() < n {
-            self.bounce.resize(n, 0);
-        }
-        &mut self.bounce[..n]
-    }
-
     fn read(&mut self, mem: &GuestMemory, p: &Parsed, sector: u64, len: u64) -> Result<(), Status> {
         if !len.is_multiple_of(SECTOR_SIZE) {
             return Err(Status::IoErr);
         }
         let offset = self.range(sector, len).ok_or(Status::IoErr)?;
-        let disk = self.disk.clone();
-        let mut done = 0;
-        while done < len {
-            let buf = self.bounce(len - done);
-            let n = buf.len() as u64;
-            if let Err(e) = disk.backend().read_at(buf, offset + done) {
+        let backend = self.disk.backend();
+        for_each_piece(mem, &p.writable, 0, |piece, at| {
+            let guard = piece.ptr_guard_mut();
+            // SAFETY: the piece is a range of the guest's RAM mapping, which `mem` keeps
+            // mapped for this call; the driver gave it to the device for writing and may
+            // not touch it until the request completes (if it does anyway, only its own
+            // bytes are garbled). Reading the image straight into it saves a copy.
+            let buf = unsafe { std::slice::from_raw_parts_mut(guard.as_ptr(), guard.len()) };
+            backend.read_at(buf, offset + at).map_err(|e| {
                 log::warn!("virtio-blk: read error: {e}");
-                return Err(Status::IoErr);
-            }
-            if !scatter(mem, &p.writable, done, buf) {
-                return Err(Status::IoErr);
-            }
-            done += n;
-        }
-        Ok(())
+                Status::IoErr
+            })?;
+            // For dirty-page tracking (a no-op without a bitmap).
+            piece.bitmap().mark_dirty(0, piece.len());
+            Ok(())
+        })
     }
 
     fn write(&mut self, mem: &GuestMemory, p: &Parsed, sector: u64, len: u64) -> Status {
@@ -368,18 +387,13 @@ impl Executor {
         let Some(offset) = self.range(sector, len) else {
             return Status::IoErr;
         };
-        let disk = self.disk.clone();
-        let mut done = 0;
-        while done < len {
-            let buf = self.bounce(len - done);
-            let n = buf.len() as u64;
-            if !gather(mem, &p.readable, HEADER_SIZE as u64 + done, buf) {
+        let disk = &self.disk;
+        if offset == 0 && len != 0 && disk.guards_sector0() {
+            let mut first = [0u8; SECTOR_SIZE as usize];
+            if !gather(mem, &p.readable, HEADER_SIZE as u64, &mut first) {
                 return Status::IoErr;
             }
-            if offset + done == 0
-                && disk.guards_sector0()
-                && vireo_block::probe_bytes(buf) != vireo_block::Format::Raw
-            {
+            if vireo_block::probe_bytes(&first) != vireo_block::Format::Raw {
                 log::warn!(
                     "virtio-blk: {}: refused a guest write that would make the probed raw \
                      image look like another format (give format=raw to allow it)",
@@ -387,13 +401,24 @@ impl Executor {
                 );
                 return Status::IoErr;
             }
-            if let Err(e) = disk.backend().write_at(buf, offset + done) {
-                log::warn!("virtio-blk: write error: {e}");
-                return Status::IoErr;
-            }
-            done += n;
         }
-        self.write_through()
+        let backend = disk.backend();
+        let r = for_each_piece(mem, &p.readable, HEADER_SIZE as u64, |piece, at| {
+            let guard = piece.ptr_guard();
+            // SAFETY: the piece is a range of the guest's RAM mapping, which `mem` keeps
+            // mapped for this call; the driver may not change it until the request
+            // completes (if it does anyway, only its own data is affected). Writing from
+            // it directly saves a copy.
+            let buf = unsafe { std::slice::from_raw_parts(guard.as_ptr(), guard.len()) };
+            backend.write_at(buf, offset + at).map_err(|e| {
+                log::warn!("virtio-blk: write error: {e}");
+                Status::IoErr
+            })
+        });
+        match r {
+            Ok(()) => self.write_through(),
+            Err(s) => s,
+        }
     }
 
     fn flush(&self) -> Status {

@@ -250,20 +250,49 @@ fn file_bytes_pattern(offset: u64, len: u64) -> Vec<u8> {
     (offset..offset + len).map(pattern).collect()
 }
 
+/// Requests of several MiB, and a segment that spans two guest RAM regions.
 #[test]
-fn large_requests_go_through_the_bounce_buffer_in_chunks() {
+fn large_requests_and_segments_across_ram_regions() {
     let dir = TempDir::new("large");
     let p = dir.join("big.raw");
-    let size = 3 * request::CHUNK as u64;
+    let size = 3u64 << 20;
     std::fs::write(&p, (0..size).map(pattern).collect::<Vec<u8>>()).unwrap();
     let mut h = Harness::new(open(&p, Some(Format::Raw), false, None), ALL_FEATURES);
-    let len = 2 * request::CHUNK as u32 + 4096;
+    let len = (2 << 20) + 4096;
     let (s, data) = h.read(1, len);
     assert_eq!(s, S_OK);
     assert_eq!(data, file_bytes_pattern(512, u64::from(len)));
     let new: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     assert_eq!(h.out(VIRTIO_BLK_T_OUT, 3, &new), S_OK);
     assert_eq!(file_bytes(&p, 3 * 512, len as usize), new);
+
+    // Guest RAM in two regions that touch at 8 MiB: one descriptor across the seam.
+    use vm_memory::GuestAddress;
+    let mem = crate::virtio::GuestMemory::from_ranges(&[
+        (GuestAddress(0), 8 << 20),
+        (GuestAddress(8 << 20), 8 << 20),
+    ])
+    .unwrap();
+    let disk = h.disk.clone();
+    drop(h);
+    let mut drv = Driver::new(&mem, 16);
+    let irq = Arc::new(Recorder::default());
+    let seam = (8 << 20) - 1024;
+    drv.put(HDR, &header(VIRTIO_BLK_T_IN, 0));
+    drv.push(&[r(HDR, 16), w(seam, 4096), w(STATUS, 1)]);
+    testing::serve_once(&disk, ALL_FEATURES, &mem, drv.queue(), irq.clone()).unwrap();
+    assert_eq!(drv.used_idx(), 1);
+    assert_eq!(drv.byte(STATUS), S_OK);
+    assert_eq!(drv.bytes(seam, 4096), file_bytes(&p, 0, 4096));
+    // And a write from across the seam (a new driver: a fresh queue each time).
+    let mut drv = Driver::new(&mem, 16);
+    drv.put(seam, &[0x77; 4096]);
+    drv.put(HDR, &header(VIRTIO_BLK_T_OUT, 16));
+    drv.push(&[r(HDR, 16), r(seam, 4096), w(STATUS, 1)]);
+    testing::serve_once(&disk, ALL_FEATURES, &mem, drv.queue(), irq.clone()).unwrap();
+    assert_eq!(drv.byte(STATUS), S_OK);
+    assert_eq!(file_bytes(&p, 16 * 512, 4096), vec![0x77; 4096]);
+    assert!(!irq.broken());
 }
 
 #[test]
