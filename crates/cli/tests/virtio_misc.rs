@@ -67,6 +67,15 @@ fn balloon_inflation_gives_guest_pages_back() {
     // is usable again after deflating.
     assert_line(&r, "virtio-balloon target=0 inflated zeroed=1 reusable=1");
     assert_line(&r, "virtio-balloon PASS");
+    // An initial target: 64 MiB of RAM, 48 MiB for the guest → 4096 pages in num_pages.
+    let r = boot(
+        &["--balloon", "target=48M"],
+        "vtg.action=virtio-balloon vtg.quick=1",
+    );
+    assert_line(
+        &r,
+        "virtio-balloon target=4096 inflated zeroed=1 reusable=1",
+    );
     let r = boot(&[], "vtg.action=virtio-balloon vtg.quick=1");
     assert_line(&r, "virtio-balloon FAIL no device on bus 0");
 }
@@ -197,6 +206,10 @@ fn bad_vsock_and_balloon_flags_are_named() {
         (
             vec!["--balloon=deflate-on-oom=maybe".to_string()],
             "--balloon: deflate-on-oom=maybe",
+        ),
+        (
+            vec!["--balloon=target=1G".to_string()],
+            "at most the VM's memory",
         ),
     ] {
         let mut full = vec!["run", "--kernel", test_guest()];

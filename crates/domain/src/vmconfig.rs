@@ -18,7 +18,7 @@ impl Domain {
     /// elements only say that there is one, which vireo always has).
     ///
     /// Mapping: `<kernel>`/`<initrd>`/`<cmdline>` (empty when absent) → boot;
-    /// `<memory>` → RAM (`<currentMemory>` is the balloon target, for later);
+    /// `<memory>` → RAM (`<currentMemory>` below it is the balloon's initial target);
     /// `<vcpu current>` → vCPUs (no hotplug: the guest gets the current count);
     /// `<cpu mode>` → CPU template ([`CpuMode::template`]; `host` when there is no
     /// `<cpu>`); `<on_reboot>` other than `restart` → `no_reboot` (the VMM exits on a guest
@@ -63,7 +63,7 @@ impl Domain {
             ..VmConfig::default()
         };
         for d in &self.devices {
-            device(d, &mut cfg)?;
+            device(d, &mut cfg, self.current_memory_kib)?;
         }
         // The guest names virtio disks in PCI order: vda first.
         let mut disks: Vec<&Disk> = self.disks().collect();
@@ -78,7 +78,7 @@ impl Domain {
 }
 
 /// Adds one device to the configuration, or says why the VMM cannot run it yet.
-fn device(d: &Device, cfg: &mut VmConfig) -> Result<(), DomainError> {
+fn device(d: &Device, cfg: &mut VmConfig, current_kib: u64) -> Result<(), DomainError> {
     match d {
         // Added in target order by to_vm_config.
         Device::Disk(_) => Ok(()),
@@ -108,7 +108,13 @@ fn device(d: &Device, cfg: &mut VmConfig) -> Result<(), DomainError> {
                 ..
             },
         ) => {
-            cfg.balloon = Some(memballoon(m)?);
+            let mut balloon = memballoon(m)?;
+            // `<currentMemory>` below `<memory>`: the balloon holds the difference from
+            // the start, as libvirt does.
+            if current_kib < cfg.memory / 1024 {
+                balloon.target_bytes = Some(current_kib * 1024);
+            }
+            cfg.balloon = Some(balloon);
             Ok(())
         }
         // `<console type='pty'><target type='virtio'/>`: the console is hvc0, on the same
@@ -166,7 +172,10 @@ fn memballoon(m: &Memballoon) -> Result<BalloonConfig, DomainError> {
             ))
         }
     };
-    Ok(BalloonConfig { deflate_on_oom })
+    Ok(BalloonConfig {
+        deflate_on_oom,
+        target_bytes: None,
+    })
 }
 
 /// `<disk type='file|block' device='disk'>` → a virtio-blk disk: `<source>` is the image,

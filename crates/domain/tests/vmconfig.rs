@@ -152,9 +152,21 @@ fn vsock_balloon_and_virtio_console() {
     assert_eq!(
         c.balloon,
         Some(BalloonConfig {
-            deflate_on_oom: true
+            deflate_on_oom: true,
+            target_bytes: None,
         })
     );
+    // <currentMemory> below <memory>: the balloon's initial target.
+    let xml = SMALL
+        .replace("CPU", "<currentMemory unit='MiB'>192</currentMemory>")
+        .replace("REBOOT", "restart")
+        .replace("DEVICES", "<memballoon model='virtio'/>");
+    let cm = Domain::from_xml(&xml)
+        .unwrap()
+        .domain
+        .to_vm_config(ConsoleConfig::Stdio)
+        .unwrap();
+    assert_eq!(cm.balloon.unwrap().target_bytes, Some(192 << 20));
     assert!(c.virtio_console);
     // Without them: none; model='none' is no balloon; a serial console target is COM1.
     let c = small(

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use vireo_devices::virtio::balloon::BalloonControl;
+use vireo_devices::virtio::balloon::{self, BalloonControl};
 use vireo_devices::virtio::block::{Disk, DiskOptions};
 use vireo_devices::virtio::console::ConsoleInput;
 use vireo_devices::virtio::net::NetBackend;
@@ -57,8 +57,13 @@ impl Backends {
                 .map_err(|e| VmmError::Backend(format!("--vsock: {e}")))?;
             b.vsock = Some(Arc::new(backend));
         }
-        if config.balloon.is_some() {
-            b.balloon = Some(BalloonControl::new().map_err(VmmError::Io)?);
+        if let Some(cfg) = &config.balloon {
+            let control = BalloonControl::new().map_err(VmmError::Io)?;
+            if let Some(target) = cfg.target_bytes {
+                let pages = config.memory.saturating_sub(target) / balloon::PAGE_SIZE;
+                control.set_target_pages(u32::try_from(pages).unwrap_or(u32::MAX));
+            }
+            b.balloon = Some(control);
         }
         if config.virtio_console {
             b.console_input = Some(ConsoleInput::new().map_err(VmmError::Io)?);

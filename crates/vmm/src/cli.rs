@@ -89,8 +89,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "cid=N,socket=PATH")]
     pub vsock: Option<VsockConfig>,
     /// A virtio-balloon device, driven through the control API (balloon-set,
-    /// query-balloon); deflate-on-oom=on lets the guest take memory back under pressure.
-    #[arg(long, value_name = "deflate-on-oom=on", num_args = 0..=1, default_missing_value = "")]
+    /// query-balloon); deflate-on-oom=on lets the guest take memory back under pressure;
+    /// target=SIZE is the guest memory to aim for from the start.
+    #[arg(long, value_name = "deflate-on-oom=on,target=SIZE", num_args = 0..=1, default_missing_value = "")]
     pub balloon: Option<BalloonConfig>,
     /// Listen for control commands (JSON, one per line) on this unix socket; SIGHUP is then
     /// ignored (see docs/vmm-api.md).

@@ -316,6 +316,9 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             v.check().map_err(ConfigError::Device)?;
         }
+        if let Some(b) = &self.balloon {
+            b.check(self.memory).map_err(ConfigError::Device)?;
+        }
         Ok(())
     }
 }

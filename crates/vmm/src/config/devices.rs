@@ -340,15 +340,37 @@ pub struct BalloonConfig {
     /// balloon rather than run out of memory.
     #[serde(default)]
     pub deflate_on_oom: bool,
+    /// Guest memory the balloon aims for from the start (libvirt's `<currentMemory>`);
+    /// `None`: all of it (an empty balloon) until `balloon-set`.
+    #[serde(default)]
+    pub target_bytes: Option<u64>,
 }
 
-/// `` (nothing) or `deflate-on-oom=on|off`.
+impl BalloonConfig {
+    /// Checks the initial target against the VM's memory.
+    pub fn check(&self, memory: u64) -> Result<(), String> {
+        match self.target_bytes {
+            Some(t) if t == 0 || t > memory => Err(format!(
+                "--balloon: target={t} bytes must be more than 0 and at most the VM's memory \
+                 ({memory} bytes)"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `` (nothing), `deflate-on-oom=on|off`, `target=SIZE` (the guest's memory to aim for).
 impl std::str::FromStr for BalloonConfig {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let mut c = BalloonConfig::default();
         for item in s.split(',').filter(|i| !i.is_empty()) {
             match item.split_once('=') {
+                Some(("target", v)) => {
+                    c.target_bytes = Some(
+                        super::parse_size(v).map_err(|e| format!("--balloon: target={v}: {e}"))?,
+                    )
+                }
                 Some(("deflate-on-oom" | "deflate_on_oom", v)) => {
                     c.deflate_on_oom = match v {
                         "on" | "yes" | "true" => true,
@@ -358,7 +380,7 @@ impl std::str::FromStr for BalloonConfig {
                 }
                 _ => {
                     return Err(format!(
-                        "--balloon: unknown option '{}' (use deflate-on-oom=on|off)",
+                        "--balloon: unknown option '{}' (use deflate-on-oom=on|off, target=SIZE)",
                         item.escape_default()
                     ))
                 }
@@ -468,5 +490,21 @@ mod tests {
         }
         let b: BalloonConfig = serde_json::from_str("{}").unwrap();
         assert!(!b.deflate_on_oom);
+        let b: BalloonConfig = "target=256M,deflate-on-oom=on".parse().unwrap();
+        assert_eq!(b.target_bytes, Some(256 << 20));
+        assert!(b.check(512 << 20).is_ok());
+        assert!(b
+            .check(128 << 20)
+            .unwrap_err()
+            .contains("at most the VM's memory"));
+        assert!("target=0"
+            .parse::<BalloonConfig>()
+            .unwrap()
+            .check(1 << 30)
+            .is_err());
+        assert!("target=lots"
+            .parse::<BalloonConfig>()
+            .unwrap_err()
+            .contains("--balloon: target=lots"));
     }
 }
