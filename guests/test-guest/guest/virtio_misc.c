@@ -7,6 +7,8 @@
  * vtg.action=virtio-console: writes one line through the transmit queue (port 0, hvc0):
  *   vtg: hvc0 says hello
  *   vtg: virtio-console PASS        (or FAIL <why>)
+ * with vtg.console-echo=1 it then prints "vtg: hvc0 waiting for input" (through hvc0),
+ * waits up to 60 s for input in a receive buffer and writes "vtg: hvc0 got=<input>".
  * vtg.action=virtio-balloon: fills a page with 0xaa, inflates the balloon with it, checks
  * that it reads back as zeroes (the host dropped it), reports actual=1 in the config space,
  * deflates it and checks it is usable again:
@@ -143,6 +145,33 @@ static void virtio_console_action(void)
         pr("vtg: virtio-console FAIL used id %lu, want %lu\n", (u64)uid, (u64)id);
     else
         pr("vtg: virtio-console PASS\n");
+    char v[8];
+    if (cmdline_get("vtg.console-echo", v, sizeof(v)) && streq(v, "1")) {
+        /* One receive buffer; what arrives is sent back through the transmit queue. */
+        u8 *in;
+        u16 rid = mq_add(0, 64, 1, &in);
+        mq_notify(&d, 0);
+        static const char ready[] = "vtg: hvc0 waiting for input\n";
+        mq_add(1, sizeof(ready) - 1, 0, &p);
+        memcpy(p, ready, sizeof(ready) - 1);
+        mq_notify(&d, 1);
+        if (mq_used(1, 10000, &uid, &len) == 0 && mq_used(0, 60000, &uid, &len) == 0 &&
+            uid == rid && len > 0 && len <= 64) {
+            static const char pre[] = "vtg: hvc0 got=";
+            u8 *out;
+            u32 n = len;
+            while (n && (in[n - 1] == '\n' || in[n - 1] == '\r'))
+                n--;
+            mq_add(1, (u32)(sizeof(pre) - 1) + n + 1, 0, &out);
+            memcpy(out, pre, sizeof(pre) - 1);
+            memcpy(out + sizeof(pre) - 1, in, n);
+            out[sizeof(pre) - 1 + n] = '\n';
+            mq_notify(&d, 1);
+            (void)mq_used(1, 10000, &uid, &len);
+        } else {
+            pr("vtg: virtio-console FAIL no input within 60 s\n");
+        }
+    }
     vreset(&d);
 }
 
