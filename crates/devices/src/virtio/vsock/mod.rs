@@ -97,7 +97,12 @@ impl VirtioDevice for VirtioVsock {
                 muxer.watch(stop, TOKEN_STOP)?;
                 // The driver may have queued buffers before DRIVER_OK.
                 muxer.process();
-                while !muxer.poll_once(-1)? {}
+                loop {
+                    let timeout = muxer.next_timeout_ms();
+                    if muxer.poll_once(timeout)? {
+                        break;
+                    }
+                }
                 Ok(())
             };
             if let Err(e) = run() {

@@ -21,6 +21,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::Queue;
 use vmm_sys_util::epoll::EventSet;
@@ -43,6 +44,10 @@ pub const MAX_PAYLOAD: usize = 64 << 10;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Control packets waiting for receive buffers beyond which the transmit queue waits.
 pub const MAX_CONTROL: usize = 1024;
+/// How long a host client may take to say `CONNECT <port>`, and the guest to answer the
+/// REQUEST that follows, before the connection is given up (the client's socket closed,
+/// the guest reset).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest `CONNECT <port>\n` line.
 const MAX_LINE: usize = 32;
 /// First host port handed to host-initiated connections.
@@ -98,6 +103,8 @@ struct Conn {
     /// Still registered with the poller (a hung-up socket is not, see `on_conn_event`).
     registered: bool,
     interest: EventSet,
+    /// When the REQUEST of a host-initiated connection was queued.
+    since: Instant,
 }
 
 impl Conn {
@@ -123,6 +130,7 @@ impl Conn {
             queued: false,
             registered: true,
             interest: EventSet::empty(),
+            since: Instant::now(),
         }
     }
 
@@ -157,6 +165,7 @@ impl Conn {
 struct Pending {
     stream: UnixStream,
     line: Vec<u8>,
+    since: Instant,
 }
 
 /// A packet for the guest that waits for a receive buffer. Credit fields are filled in
@@ -195,6 +204,7 @@ pub struct VsockMuxer {
     pub broken: bool,
     /// Packets from the guest dropped as malformed (header, cid, length).
     pub dropped_packets: u64,
+    connect_timeout: Duration,
 }
 
 impl VsockMuxer {
@@ -224,6 +234,7 @@ impl VsockMuxer {
             ready: VecDeque::new(),
             broken: false,
             dropped_packets: 0,
+            connect_timeout: CONNECT_TIMEOUT,
         })
     }
 
@@ -235,6 +246,63 @@ impl VsockMuxer {
         Ok(())
     }
 
+    /// Changes [`CONNECT_TIMEOUT`] (tests).
+    pub fn set_connect_timeout(&mut self, t: Duration) {
+        self.connect_timeout = t;
+    }
+
+    /// How long the worker may sleep: until the oldest unfinished connection attempt
+    /// expires, or for ever when there is none.
+    pub fn next_timeout_ms(&self) -> i32 {
+        let oldest = self
+            .pending
+            .values()
+            .map(|p| p.since)
+            .chain(
+                self.conns
+                    .values()
+                    .filter(|c| c.state == State::Connecting)
+                    .map(|c| c.since),
+            )
+            .min();
+        match oldest {
+            None => -1,
+            Some(t) => {
+                let left = self.connect_timeout.saturating_sub(t.elapsed());
+                // Rounded up, so that a wake-up finds it expired.
+                i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+            }
+        }
+    }
+
+    /// Gives up host clients that did not say CONNECT in time and host-initiated
+    /// connections the guest did not answer.
+    fn expire(&mut self) {
+        let limit = self.connect_timeout;
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= limit)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in late {
+            self.drop_pending(t);
+        }
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Connecting && c.since.elapsed() >= limit)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in late {
+            log::debug!(
+                "virtio-vsock: guest port {} did not answer; connection given up",
+                k.1
+            );
+            self.reset(k, Reset::Rst);
+        }
+    }
+
     /// Connections open now (for tests and statistics).
     pub fn connections(&self) -> usize {
         self.conns.len()
@@ -244,6 +312,7 @@ impl VsockMuxer {
     /// eventfd fired.
     pub fn poll_once(&mut self, timeout_ms: i32) -> io::Result<bool> {
         let events = self.poller.wait(timeout_ms)?;
+        self.expire();
         for (token, set) in events {
             match token {
                 TOKEN_STOP => return Ok(true),
@@ -515,6 +584,7 @@ impl VsockMuxer {
                 Pending {
                     stream,
                     line: Vec::new(),
+                    since: Instant::now(),
                 },
             );
         }
@@ -1090,6 +1160,44 @@ pub(crate) mod tests {
         }
         assert!(g.recv().is_empty());
         assert_eq!(g.mux.connections(), 0);
+    }
+
+    #[test]
+    fn silent_clients_and_unanswered_requests_are_given_up() {
+        let mem = TestMemory::new();
+        let mut g = Guest::new(&mem);
+        g.mux
+            .set_connect_timeout(std::time::Duration::from_millis(50));
+        assert_eq!(g.mux.next_timeout_ms(), -1, "nothing to wait for");
+        g.give_rx(4);
+        // A client that never says CONNECT, and one whose REQUEST the guest ignores.
+        let silent = UnixStream::connect(g.backend.path()).unwrap();
+        let mut client = UnixStream::connect(g.backend.path()).unwrap();
+        client.write_all(b"CONNECT 7\n").unwrap();
+        let got = g.pump_until(|p| !p.is_empty());
+        assert_eq!(ops(&got), vec![OP_REQUEST]);
+        assert!(g.mux.next_timeout_ms() >= 0);
+        let mut closed = [false, false];
+        for _ in 0..500 {
+            let t = g.mux.next_timeout_ms().clamp(0, 10);
+            g.mux.poll_once(t).unwrap();
+            for (i, mut s) in [&silent, &client].into_iter().enumerate() {
+                s.set_nonblocking(true).unwrap();
+                closed[i] |= matches!(s.read(&mut [0u8; 8]), Ok(0));
+            }
+            if closed == [true, true] {
+                break;
+            }
+        }
+        assert_eq!(closed, [true, true], "both given up");
+        let got = g.pump_until(|p| !p.is_empty());
+        assert_eq!(
+            ops(&got),
+            vec![OP_RST],
+            "the guest hears the request is gone"
+        );
+        assert_eq!(g.mux.connections(), 0);
+        assert_eq!(g.mux.next_timeout_ms(), -1);
     }
 
     #[test]
