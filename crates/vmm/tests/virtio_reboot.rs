@@ -7,7 +7,9 @@ mod common;
 use common::{kvm_or_skip, test_guest, TempDir, Vmm};
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 #[test]
