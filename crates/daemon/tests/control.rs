@@ -253,6 +253,16 @@ fn setmem_on_a_running_domain_goes_through_the_balloon() {
     d.ok(&["define", &xml]);
     d.ok(&["start", "b"]);
     d.wait_console("b", "virtio-balloon PASS");
+    // The driver reports one page in the balloon: domstats shows the guest's size.
+    let start = std::time::Instant::now();
+    loop {
+        let stats = d.ok(&["domstats", "b"]);
+        if stats.lines().any(|l| l == "  balloon.current=32764") {
+            break;
+        }
+        assert!(start.elapsed() < common::TIMEOUT, "{stats}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let e = d.fails(&["setmem", "b", "64M"]);
     assert!(e.contains("more than the maximum"), "{e}");
     // 32 MiB → 16 MiB: a balloon of 16 MiB, 4096 pages, read by the guest's driver.

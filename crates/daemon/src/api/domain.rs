@@ -361,6 +361,32 @@ pub fn state(d: &Arc<Daemon>, p: DomainRef) -> Result<StateResult, RpcError> {
 }
 
 /// Flattens nested JSON into `prefix.key` entries.
+/// `query-balloon` in libvirt's `balloon.*` names: the size the guest has now (`current`,
+/// KiB) and its statistics (memory in KiB).
+fn balloon_stats(b: &Value, out: &mut BTreeMap<String, Value>) {
+    if let Some(actual) = b["actual-bytes"].as_u64() {
+        out.insert("balloon.current".into(), Value::from(actual / 1024));
+    }
+    const NAMES: [(&str, &str, bool); 8] = [
+        ("swap-in", "balloon.swap_in", true),
+        ("swap-out", "balloon.swap_out", true),
+        ("major-faults", "balloon.major_fault", false),
+        ("minor-faults", "balloon.minor_fault", false),
+        ("free-memory", "balloon.unused", true),
+        ("total-memory", "balloon.available", true),
+        ("available-memory", "balloon.usable", true),
+        ("disk-caches", "balloon.disk_caches", true),
+    ];
+    for (ours, theirs, bytes) in NAMES {
+        if let Some(v) = b["stats"][ours].as_u64() {
+            out.insert(theirs.into(), Value::from(if bytes { v / 1024 } else { v }));
+        }
+    }
+    if let Some(t) = b["stats-updated"].as_u64() {
+        out.insert("balloon.last-update".into(), Value::from(t));
+    }
+}
+
 fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
     match v {
         Value::Object(m) => {
@@ -415,6 +441,13 @@ pub fn stats(d: &Arc<Daemon>, p: DomainRef) -> Result<StatsResult, RpcError> {
         if run.vmm.is_some() {
             let vmm = supervisor::command(&entry, &st, "query-stats")?;
             flatten("", &vmm, &mut stats);
+            if domain_model::has_balloon(&run.domain) {
+                // Best effort: a balloon that cannot be queried leaves the definition's
+                // figures.
+                if let Ok(b) = supervisor::command(&entry, &st, "query-balloon") {
+                    balloon_stats(&b, &mut stats);
+                }
+            }
         }
     }
     Ok(StatsResult {
