@@ -114,8 +114,11 @@ fn pause_stops_the_guest_resume_continues_powerdown_ends_it() {
     let (_, before) = a.event("RESUME");
     assert!(before.is_empty(), "{before:?}");
     assert_eq!(a.execute("query-status")["status"], "running");
+    // A vCPU thread reports itself running once it has woken up, just after the reply.
+    wait_for("vCPU 0 to report running", || {
+        a.execute("query-cpus-fast")[0]["state"] == "running"
+    });
     let cpus = a.execute("query-cpus-fast");
-    assert_eq!(cpus[0]["state"], "running");
     assert!(
         cpus[0].get("rip").is_none(),
         "registers only while paused: {cpus}"
