@@ -884,3 +884,34 @@ fn random_chains_never_panic() {
         );
     }
 }
+
+/// A backend error (here: a qcow2 L1 entry pointing at an unaligned offset) is answered
+/// with IOERR, never a reset; the queue keeps working.
+#[test]
+fn backend_errors_are_ioerr_and_the_queue_goes_on() {
+    let dir = TempDir::new("eio");
+    let q = qcow2_image(&dir, "q.qcow2", None);
+    {
+        let mut h = Harness::new(open(&q, Some(Format::Qcow2), false, None), ALL_FEATURES);
+        assert_eq!(h.out(VIRTIO_BLK_T_OUT, 0, &[0x42; 512]), S_OK);
+        assert_eq!(h.out(VIRTIO_BLK_T_FLUSH, 0, &[]), S_OK);
+    }
+    // Corrupt L1[0] (the header's l1_table_offset is at byte 40).
+    let mut bytes = std::fs::read(&q).unwrap();
+    let l1 = u64::from_be_bytes(bytes[40..48].try_into().unwrap()) as usize;
+    bytes[l1..l1 + 8].copy_from_slice(&(0x8000_0000_0000_1234u64).to_be_bytes());
+    std::fs::write(&q, &bytes).unwrap();
+    let disk = Disk::open(&DiskOptions {
+        path: q.clone(),
+        format: Some(Format::Qcow2),
+        read_only: true,
+        serial: None,
+    });
+    let disk = disk.expect("vireo-block checks L1 entries when it uses them, not at open");
+    let mut h = Harness::new(Arc::new(disk), ALL_FEATURES);
+    assert_eq!(h.read(0, 512).0, S_IOERR);
+    assert!(!h.irq.broken(), "an I/O error has a status; no reset");
+    // The queue still serves requests (L1[0] covers the whole 1 MiB disk: ask for the id).
+    h.drv.put(HDR, &header(VIRTIO_BLK_T_GET_ID, 0));
+    assert_eq!(h.submit(&[r(HDR, 16), w(BUF, 20), w(STATUS, 1)]).0, S_OK);
+}
