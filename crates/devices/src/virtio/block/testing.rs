@@ -50,16 +50,25 @@ pub struct Driver {
     pub size: u16,
     next_desc: u16,
     avail_idx: u16,
+    /// Added to the ring addresses: lets several queues share the test memory.
+    base: u64,
 }
 
 impl Driver {
     pub fn new(mem: &GuestMemory, size: u16) -> Driver {
+        Driver::at(mem, size, 0)
+    }
+
+    /// A queue whose rings start `base` bytes above the default ones (a multiple of 4 KiB
+    /// below [`DATA`] - 0x5000 keeps them clear of the request buffers).
+    pub fn at(mem: &GuestMemory, size: u16, base: u64) -> Driver {
         assert!(size <= 256);
         Driver {
             mem: mem.clone(),
             size,
             next_desc: 0,
             avail_idx: 0,
+            base,
         }
     }
 
@@ -68,11 +77,11 @@ impl Driver {
         let mut q = Queue::new(256).unwrap();
         q.set_size(self.size);
         let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-        let (l, h) = split(DESC_TABLE);
+        let (l, h) = split(self.base + DESC_TABLE);
         q.set_desc_table_address(l, h);
-        let (l, h) = split(AVAIL);
+        let (l, h) = split(self.base + AVAIL);
         q.set_avail_ring_address(l, h);
-        let (l, h) = split(USED);
+        let (l, h) = split(self.base + USED);
         q.set_used_ring_address(l, h);
         q.set_ready(true);
         q
@@ -90,7 +99,7 @@ impl Driver {
     }
 
     pub fn desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.write_desc(DESC_TABLE, index, addr, len, flags, next)
+        self.write_desc(self.base + DESC_TABLE, index, addr, len, flags, next)
     }
 
     /// Writes `descs` as a chain in free table slots and makes it available.
@@ -144,7 +153,7 @@ impl Driver {
 
     /// Adds `head` to the available ring.
     pub fn publish(&mut self, head: u16) {
-        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % self.size);
+        let slot = self.base + AVAIL + 4 + 2 * u64::from(self.avail_idx % self.size);
         self.mem
             .write_obj(head.to_le(), GuestAddress(slot))
             .unwrap();
@@ -154,17 +163,19 @@ impl Driver {
 
     pub fn set_avail_idx(&self, idx: u16) {
         self.mem
-            .write_obj(idx.to_le(), GuestAddress(AVAIL + 2))
+            .write_obj(idx.to_le(), GuestAddress(self.base + AVAIL + 2))
             .unwrap();
     }
 
     pub fn used_idx(&self) -> u16 {
-        self.mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap()
+        self.mem
+            .read_obj::<u16>(GuestAddress(self.base + USED + 2))
+            .unwrap()
     }
 
     /// Used-ring entry `i`: (head, length).
     pub fn used(&self, i: u16) -> (u16, u32) {
-        let at = USED + 4 + 8 * u64::from(i % self.size);
+        let at = self.base + USED + 4 + 8 * u64::from(i % self.size);
         let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
         let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
         (id as u16, len)

@@ -807,6 +807,50 @@ fn workers_serve_kicks_and_stop_on_reset() {
         assert!(irq.irqs() >= 1, "the driver was interrupted");
         assert_eq!(file_bytes(&img, 40 * 512, 512), vec![round + 1; 512]);
     }
+    // Two queues served at once, by two threads, on two rings.
+    let mut drivers = vec![Driver::new(&mem, 16), Driver::at(&mem, 16, 0x8000)];
+    let kicks: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+        .collect();
+    let irq = Arc::new(Recorder::default());
+    dev.activate(Activation {
+        mem: mem.clone(),
+        acked_features: dev.features(),
+        queues: (0..2u16)
+            .map(|i| ActiveQueue {
+                index: i,
+                queue: drivers[usize::from(i)].queue(),
+                kick: kicks[usize::from(i)].try_clone().unwrap(),
+            })
+            .collect(),
+        interrupt: irq.clone(),
+    })
+    .unwrap();
+    for (i, drv) in drivers.iter_mut().enumerate() {
+        let base = DATA + 0x10000 * (i as u64 + 1);
+        drv.put(base, &header(VIRTIO_BLK_T_OUT, 50 + i as u64));
+        drv.put(base + 0x1000, &[0xc0 + i as u8; 512]);
+        drv.push(&[r(base, 16), r(base + 0x1000, 512), w(base + 0x2000, 1)]);
+    }
+    for k in &kicks {
+        k.write(1).unwrap();
+    }
+    for _ in 0..5000 {
+        if drivers.iter().all(|d| d.used_idx() == 1) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    dev.reset();
+    for (i, drv) in drivers.iter().enumerate() {
+        assert_eq!(drv.used_idx(), 1, "queue {i} served");
+        assert_eq!(drv.byte(DATA + 0x10000 * (i as u64 + 1) + 0x2000), S_OK);
+        assert_eq!(
+            file_bytes(&img, (50 + i as u64) * 512, 512),
+            vec![0xc0 + i as u8; 512]
+        );
+    }
+
     // A queue the device does not have is refused at activation.
     let drv = Driver::new(&mem, 16);
     let e = dev
