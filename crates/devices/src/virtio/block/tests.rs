@@ -808,7 +808,7 @@ fn workers_serve_kicks_and_stop_on_reset() {
         assert_eq!(file_bytes(&img, 40 * 512, 512), vec![round + 1; 512]);
     }
     // Two queues served at once, by two threads, on two rings.
-    let mut drivers = vec![Driver::new(&mem, 16), Driver::at(&mem, 16, 0x8000)];
+    let mut drivers = [Driver::new(&mem, 16), Driver::at(&mem, 16, 0x8000)];
     let kicks: Vec<EventFd> = (0..2)
         .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
         .collect();
