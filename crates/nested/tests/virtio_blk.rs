@@ -4,7 +4,8 @@
 //!
 //! One L1 boot, two L2 boots on the same images:
 //! 1. the root's init writes and syncs a file and powers off; a read-only disk refuses
-//!    writes; `fstrim` on a third disk reaches its qcow2 image as discards;
+//!    writes; `fstrim` on a third disk reaches its qcow2 image as discards; the root disk
+//!    has two request queues;
 //! 2. after `qemu-img check` in L1, a second `vireo run` boots the same overlay and the
 //!    root's init reads the file back.
 
@@ -27,6 +28,8 @@ if [ -f /written.txt ]; then
 fi
 echo BOOT-1
 echo "BASE $(cat /base.txt)"
+echo "QUEUES $(ls /sys/block/vda/mq | wc -l)"
+echo "DISCARD $(cat /sys/block/vdc/queue/discard_granularity /sys/block/vdc/queue/discard_max_hw_bytes | tr '\n' ' ')"
 echo "written by the first boot" > /written.txt
 sync
 echo "SYNCED"
@@ -163,8 +166,11 @@ fn qcow2_root_ro_disk_and_discard_through_the_guest_driver() {
         .vireo_args(&[
             "--memory",
             "256",
+            // Linux gives a disk at most one request queue per CPU.
+            "--cpus",
+            "2",
             "--disk",
-            "path=/img/overlay.qcow2,format=qcow2,serial=vireo-root",
+            "path=/img/overlay.qcow2,format=qcow2,serial=vireo-root,queues=2",
             "--disk",
             "path=/img/ro.raw,format=raw,readonly=on,serial=vireo-ro",
             "--disk",
@@ -184,6 +190,14 @@ fn qcow2_root_ro_disk_and_discard_through_the_guest_driver() {
     assert_eq!(o.count("ROOT-FS /dev/vda ext4 rw"), 2, "{d}");
     assert!(has(&l2, "BASE from the backing file"), "{d}");
     assert!(has(&l2, "SYNCED"), "{d}");
+    // Two request queues (blk-mq hardware contexts); discard up to
+    // the device's 1 GiB limit.
+    assert!(has(&l2, "QUEUES 2"), "{d}");
+    let discard = l2
+        .iter()
+        .find_map(|l| l.strip_prefix("DISCARD "))
+        .unwrap_or("");
+    assert!(discard.ends_with(" 1073741824"), "{discard}\n{d}");
     assert!(has(&l2, "READBACK written by the first boot"), "{d}");
     // Read-only disk.
     assert!(has(&l2, "RO-FLAG 1"), "{d}");
