@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Bounded fuzz run of crates/block/fuzz (target `open_read`) over the seed corpus.
+# Bounded fuzz runs: crates/block/fuzz (target `open_read`, the image parsers) over its seed
+# corpus, then every target of crates/devices/fuzz (the virtio transport and each device's
+# descriptor-chain handling; see crates/devices/fuzz/README.md).
 #
-#   scripts/fuzz.sh [SECONDS]      (default 60)
+#   scripts/fuzz.sh [SECONDS [DEVICE-SECONDS]]   (defaults 60 for open_read, 15 per device target)
 #
 # Works on a stable toolchain: no cargo-fuzz and no nightly. The target is built the way
 # cargo-fuzz builds it with `--sanitizer none` (LLVM SanitizerCoverage passes enabled through
@@ -13,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
+device_secs="${2:-15}"
 root="$PWD"
 out="$root/target/fuzz"
 mkdir -p "$out/corpus" "$out/artifacts"
@@ -36,3 +39,13 @@ echo "fuzz.sh: running open_read for ${secs}s"
 "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 \
     -artifact_prefix="$out/artifacts/" \
     "$out/corpus" crates/block/fuzz/corpus/open_read
+
+# The device targets start from an empty corpus each (kept under target/fuzz between runs).
+cargo build --release --locked --manifest-path crates/devices/fuzz/Cargo.toml \
+    --target "$host" --bins
+for t in virtio_pci virtio_blk virtio_net_chains virtio_rng virtio_console virtio_vsock virtio_balloon; do
+    mkdir -p "$out/corpus-$t"
+    echo "fuzz.sh: running $t for ${device_secs}s"
+    "$out/build/$host/release/$t" -max_total_time="$device_secs" -timeout=10 -rss_limit_mb=1024 \
+        -print_final_stats=1 -artifact_prefix="$out/artifacts/$t-" "$out/corpus-$t"
+done
