@@ -11,7 +11,8 @@
 //! than the header) is dropped and the buffer handed back, like a NIC dropping a frame.
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::bitmap::BS;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions, VolatileSlice};
 
 use super::tap::VNET_HDR_LEN;
 
@@ -83,13 +84,24 @@ fn check<M: GuestMemory>(
     Ok(())
 }
 
-/// Copies a transmit chain (virtio-net header + frame) into `out`, which is cleared first.
-pub fn gather_tx<M: GuestMemory>(
-    mem: &M,
+/// Most guest memory slices one frame is sent from: the kernel's limit on a `writev`
+/// (UIO_MAXIOV). A chain has at most [`MAX_CHAIN_DESCRIPTORS`] pieces, but one piece may
+/// straddle guest memory regions and so need several slices.
+pub const MAX_TX_SLICES: usize = 1024;
+
+/// A slice of guest memory as `M` hands it out.
+pub type GuestSlice<'m, M> = VolatileSlice<'m, BS<'m, <M as GuestMemory>::Bitmap>>;
+
+/// Checks a transmit chain (virtio-net header + frame) and collects, in order, the guest
+/// memory slices that hold it into `out` (cleared first), without copying a byte; returns
+/// the chain's length. Every slice lies inside guest RAM and is device-readable.
+pub fn tx_slices<'m, M: GuestMemory>(
+    mem: &'m M,
     chain: impl Iterator<Item = Descriptor>,
-    out: &mut Vec<u8>,
-) -> Result<(), ChainError> {
+    out: &mut Vec<GuestSlice<'m, M>>,
+) -> Result<usize, ChainError> {
     out.clear();
+    let mut total = 0usize;
     let mut last_next = true;
     for (index, d) in chain.enumerate() {
         if index >= MAX_CHAIN_DESCRIPTORS {
@@ -97,24 +109,60 @@ pub fn gather_tx<M: GuestMemory>(
         }
         check(mem, index, &d, false)?;
         let len = d.len() as usize;
-        if out.len() + len > MAX_TX_LEN {
+        if total + len > MAX_TX_LEN {
             return Err(ChainError::TooLong);
         }
-        let start = out.len();
-        out.resize(start + len, 0);
-        mem.read_slice(&mut out[start..], d.addr())
-            .map_err(|_| ChainError::OutOfRange {
-                index,
-                addr: d.addr().0,
-                len: d.len(),
-            })?;
+        let out_of_range = || ChainError::OutOfRange {
+            index,
+            addr: d.addr().0,
+            len: d.len(),
+        };
+        if len > 0 {
+            let slices = mem
+                .get_slices(d.addr(), len, Permissions::Read)
+                .map_err(|_| out_of_range())?;
+            let mut got = 0;
+            for slice in slices {
+                let slice = slice.map_err(|_| out_of_range())?;
+                if out.len() == MAX_TX_SLICES {
+                    return Err(ChainError::TooManyDescriptors);
+                }
+                got += slice.len();
+                out.push(slice);
+            }
+            // The iterator covers the whole range or reports an error; make sure.
+            if got != len {
+                return Err(out_of_range());
+            }
+        }
+        total += len;
         last_next = d.has_next();
     }
     if last_next {
         return Err(ChainError::Broken);
     }
-    if out.len() < VNET_HDR_LEN {
-        return Err(ChainError::TooShort(out.len()));
+    if total < VNET_HDR_LEN {
+        return Err(ChainError::TooShort(total));
+    }
+    Ok(total)
+}
+
+/// Copies a transmit chain (virtio-net header + frame) into `out`, which is cleared first;
+/// the same checks as [`tx_slices`] (the device itself sends straight from the slices).
+pub fn gather_tx<M: GuestMemory>(
+    mem: &M,
+    chain: impl Iterator<Item = Descriptor>,
+    out: &mut Vec<u8>,
+) -> Result<(), ChainError> {
+    out.clear();
+    let mut slices = Vec::new();
+    let total = tx_slices(mem, chain, &mut slices)?;
+    out.resize(total, 0);
+    let mut at = 0;
+    for s in &slices {
+        let n = s.len();
+        s.copy_to(&mut out[at..at + n]);
+        at += n;
     }
     Ok(())
 }

@@ -17,6 +17,9 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::VolatileSlice;
+
 /// Size of the virtio-net header on both the TAP and the virtqueues (virtio 1.x always
 /// has the `num_buffers` field).
 pub const VNET_HDR_LEN: usize = 12;
@@ -401,6 +404,48 @@ impl Tap {
     /// Sends one frame (virtio-net header first) to the host.
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
         (&self.file).write(frame)
+    }
+
+    /// Sends one frame (virtio-net header first) gathered from `pieces` with one
+    /// `writev(2)` (`write(2)` for one piece, the kernel's cheaper path): the kernel copies
+    /// straight out of guest memory.
+    pub fn write_guest<B: BitmapSlice>(
+        &self,
+        pieces: &[VolatileSlice<'_, B>],
+    ) -> io::Result<usize> {
+        if let [one] = pieces {
+            let guard = one.ptr_guard();
+            // SAFETY: the pointer and length are one VolatileSlice of guest memory: vm-memory
+            // built it from a mapped region and checked that the whole length lies inside
+            // that mapping; the guard (and the slice's borrow of the guest memory, which
+            // keeps the mapping alive) outlive the call. write only reads these bytes.
+            let n =
+                unsafe { libc::write(self.file.as_raw_fd(), guard.as_ptr().cast(), guard.len()) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            return Ok(n as usize);
+        }
+        let guards: Vec<_> = pieces.iter().map(|p| p.ptr_guard()).collect();
+        let iov: Vec<libc::iovec> = guards
+            .iter()
+            .map(|g| libc::iovec {
+                iov_base: g.as_ptr() as *mut libc::c_void,
+                iov_len: g.len(),
+            })
+            .collect();
+        let count = libc::c_int::try_from(iov.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: each iovec is one VolatileSlice of guest memory: vm-memory built it from a
+        // mapped region and checked that the whole length lies inside that mapping, and the
+        // guards (and the slices' borrow of the guest memory, which keeps the mapping alive)
+        // outlive the call. writev only reads these bytes; the guest changing them meanwhile
+        // changes only its own frame.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 }
 

@@ -2,8 +2,8 @@
 //! kick eventfds, its TAP queue and a stop eventfd (worker 0 also serves the control
 //! queue).
 //!
-//! * tx: each chain (header + frame) is gathered into a buffer and written to the TAP as one
-//!   frame; the chain goes back to the guest whatever happens to the frame.
+//! * tx: each chain (header + frame) is written to the TAP as one frame with one `writev`
+//!   straight from guest memory (no copy in vireo); the chain goes back to the guest whatever happens to the frame.
 //! * rx: a frame read from the TAP is held until the guest has buffers for it. With
 //!   mergeable buffers it may span several (`num_buffers` in the header says how many);
 //!   without, it must fit one chain. When buffers run out the worker stops reading the TAP
@@ -24,7 +24,7 @@ use vm_memory::Bytes;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::chain::{gather_tx, parse_ctrl, RxBuffer, MAX_FRAME, MAX_TX_LEN};
+use super::chain::{parse_ctrl, tx_slices, RxBuffer, MAX_FRAME};
 use super::device::NetBackend;
 use super::tap::VNET_HDR_LEN;
 use crate::virtio::{ActiveQueue, GuestMemory, Queue, VirtioInterrupt};
@@ -96,7 +96,6 @@ pub(super) struct Worker {
     pending: usize,
     /// The TAP may have frames queued (an edge was seen and no `WouldBlock` since).
     tap_readable: bool,
-    tx_buf: Vec<u8>,
     rx_broken: bool,
     tx_broken: bool,
     /// A direction stopped on its budget with work left: the loop comes back to it
@@ -162,7 +161,6 @@ impl Worker {
             frame: vec![0; VNET_HDR_LEN + MAX_FRAME],
             pending: 0,
             tap_readable: true,
-            tx_buf: Vec::with_capacity(MAX_TX_LEN),
             rx_broken: false,
             tx_broken: false,
             rx_more: false,
@@ -350,6 +348,8 @@ impl Worker {
         let mem = self.mem.clone();
         let mut returned = false;
         let mut budget = BUDGET;
+        // The guest memory slices of the frame being sent (reused from frame to frame).
+        let mut slices = Vec::new();
         self.tx_more = false;
         'outer: loop {
             if let Err(e) = self.tx.queue.disable_notification(&mem) {
@@ -368,14 +368,11 @@ impl Worker {
                     Err(e) => return self.break_queue(false, &e),
                 };
                 let head = chain.head_index();
-                match gather_tx(&mem, chain, &mut self.tx_buf) {
-                    Ok(()) => match self.backend.queue(self.pair).write(&self.tx_buf) {
+                match tx_slices(&mem, chain, &mut slices) {
+                    Ok(len) => match self.backend.queue(self.pair).write_guest(&slices) {
                         Ok(_) => {
                             NetStats::add(&self.stats.tx_frames, 1);
-                            NetStats::add(
-                                &self.stats.tx_bytes,
-                                (self.tx_buf.len() - VNET_HDR_LEN) as u64,
-                            );
+                            NetStats::add(&self.stats.tx_bytes, (len - VNET_HDR_LEN) as u64);
                         }
                         Err(e) => {
                             // The host refused the frame (a bad GSO header, the TAP down):
