@@ -3,7 +3,8 @@
 //! queue).
 //!
 //! * tx: each chain (header + frame) is written to the TAP as one frame with one `writev`
-//!   straight from guest memory (no copy in vireo); the chain goes back to the guest whatever happens to the frame.
+//!   straight from guest memory (no copy in vireo); the chain goes back to the guest
+//!   whatever happens to the frame.
 //! * rx: a frame read from the TAP is held until the guest has buffers for it. With
 //!   mergeable buffers it may span several (`num_buffers` in the header says how many);
 //!   without, it must fit one chain. When buffers run out the worker stops reading the TAP
