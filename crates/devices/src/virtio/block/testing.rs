@@ -63,6 +63,11 @@ impl Driver {
     /// below [`DATA`] - 0x5000 keeps them clear of the request buffers).
     pub fn at(mem: &GuestMemory, size: u16, base: u64) -> Driver {
         assert!(size <= 256);
+        // A driver sets its rings up from zero: an earlier driver's used index left at the
+        // same address would otherwise read as requests already served.
+        let rings = vec![0u8; (USED + 4 + 8 * 256 - DESC_TABLE) as usize];
+        mem.write_slice(&rings, GuestAddress(base + DESC_TABLE))
+            .unwrap();
         Driver {
             mem: mem.clone(),
             size,
