@@ -533,9 +533,19 @@ mod tests {
                 "TAP 'vt0' is busy: another process (a running VM?) has it open"
             );
             drop(tap);
-            // A persistent TAP stays after vireo closes it, and can be attached again.
+            // A persistent TAP stays after vireo closes it, and can be attached again. (A
+            // process another test thread is spawning holds a copy of every descriptor
+            // between its fork and exec, so the TAP can stay busy for a moment: retry,
+            // boundedly.)
             assert!(ifindex("vt0").unwrap().is_some());
-            Tap::open(&TapName::Named("vt0".into())).unwrap();
+            let reopened = (0..500).find_map(|_| match Tap::open(&TapName::Named("vt0".into())) {
+                Err(TapError::Busy(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                }
+                other => Some(other),
+            });
+            reopened.expect("vt0 still busy after 5 s").unwrap();
 
             netns::ip(&["tuntap", "add", "dev", "vtun0", "mode", "tun"]);
             let e = Tap::open(&TapName::Named("vtun0".into())).unwrap_err();
