@@ -1011,6 +1011,57 @@ pub fn ext4_image(root: &Path, out: &Path, size_mib: u64) -> Result<()> {
     Ok(())
 }
 
+/// L2 initramfs script for a guest whose root is an ext4 disk on `/dev/vda`: mounts it and
+/// `switch_root`s into its `/sbin/init`, as a distribution's initramfs does (a stock
+/// kernel's virtio and ext4 modules are loaded before the script runs).
+pub const SWITCH_ROOT_TO_VDA: &str = r#"
+mkdir -p /newroot
+mount -t ext4 -o rw /dev/vda /newroot || { echo ROOT-MOUNT-FAILED; poweroff -f; }
+umount /proc /sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /sbin/init
+"#;
+
+/// A root file system tree at `dir/rootfs` (made afresh): the static busybox with the given
+/// applets linked in `/bin`, `init` (a busybox `sh` script) as `/sbin/init`, and the empty
+/// mount points. Make it an image with [`ext4_image`].
+pub fn busybox_rootfs(dir: &Path, init: &str, applets: &[&str]) -> Result<PathBuf> {
+    let root = dir.join("rootfs");
+    let _ = fs::remove_dir_all(&root);
+    let io = |e: std::io::Error| Error(format!("{}: {e}", root.display()));
+    for d in ["bin", "sbin", "dev", "proc", "sys", "mnt", "etc", "tmp"] {
+        fs::create_dir_all(root.join(d)).map_err(io)?;
+    }
+    fs::copy(busybox()?, root.join("bin/busybox")).map_err(io)?;
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).map_err(io)?;
+    }
+    let init_path = root.join("sbin/init");
+    fs::write(&init_path, init).map_err(io)?;
+    fs::set_permissions(
+        &init_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(io)?;
+    Ok(root)
+}
+
+/// Converts the raw image `raw` to the qcow2 image `out` (`qemu-img convert`; unallocated
+/// and zero ranges stay unallocated).
+pub fn qcow2_from_raw(raw: &Path, out: &Path) -> Result<()> {
+    let _ = fs::remove_file(out);
+    let status = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(out)
+        .status()
+        .map_err(|e| Error(format!("qemu-img: {e}")))?;
+    if !status.success() {
+        return err(format!("qemu-img convert {} failed", raw.display()));
+    }
+    Ok(())
+}
+
 fn prepared() -> Result<&'static Prepared> {
     static P: OnceLock<std::result::Result<Prepared, String>> = OnceLock::new();
     static LOCK: Mutex<()> = Mutex::new(());

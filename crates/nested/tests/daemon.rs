@@ -4,20 +4,10 @@
 //! powers itself off.
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::process::Command;
 
-use vireo_nested::{available, busybox, ext4_image, nested_dir, Scenario};
-
-/// The initramfs (stock kernel; its modules are loaded first): mount the root volume and
-/// hand over to its init, as a distribution's initramfs does.
-const INITRAMFS: &str = r#"
-mkdir -p /newroot
-mount -t ext4 -o rw /dev/vda /newroot || { echo ROOT-MOUNT-FAILED; poweroff -f; }
-umount /proc /sys
-mount --move /dev /newroot/dev
-exec switch_root /newroot /sbin/init
-"#;
+use vireo_nested::{
+    available, busybox_rootfs, ext4_image, nested_dir, qcow2_from_raw, Scenario, SWITCH_ROOT_TO_VDA,
+};
 
 /// `/sbin/init` of the root volume: waits for the power button's input event (ACPI button
 /// driver + evdev), then powers off — what a distribution's logind or acpid does.
@@ -61,30 +51,14 @@ const DOMAIN: &str = r#"<domain type='kvm'>
 /// The base volume: an ext4 root with busybox and [`GUEST`] as its init, as qcow2.
 fn base_volume(name: &str) -> std::path::PathBuf {
     let dir = nested_dir().join("images").join(name);
-    let root = dir.join("rootfs");
-    let _ = fs::remove_dir_all(&root);
-    for d in ["bin", "sbin", "dev", "proc", "sys", "etc", "tmp"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::copy(busybox().unwrap(), root.join("bin/busybox")).unwrap();
-    for applet in [
+    let applets = [
         "sh", "mount", "umount", "cat", "echo", "dd", "poweroff", "awk",
-    ] {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    fs::write(root.join("sbin/init"), GUEST).unwrap();
-    fs::set_permissions(root.join("sbin/init"), fs::Permissions::from_mode(0o755)).unwrap();
+    ];
+    let root = busybox_rootfs(&dir, GUEST, &applets).unwrap();
     fs::write(root.join("etc/volume-id"), "base-volume\n").unwrap();
     let (raw, qcow2) = (dir.join("base.raw"), dir.join("base.qcow2"));
     ext4_image(&root, &raw, 32).unwrap();
-    let _ = fs::remove_file(&qcow2);
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&qcow2)
-        .status()
-        .unwrap();
-    assert!(st.success(), "qemu-img convert");
+    qcow2_from_raw(&raw, &qcow2).unwrap();
     qcow2
 }
 
@@ -133,7 +107,7 @@ fn daemon_runs_a_linux_domain_and_shutdown_uses_acpi() {
         .l1_daemon()
         .l1_tools(&["qemu-img"])
         .l1_file("/in/base.qcow2", &base)
-        .init_script(INITRAMFS)
+        .init_script(SWITCH_ROOT_TO_VDA)
         .l1_prelude(&prelude)
         .l1_script(&script)
         .run()

@@ -10,11 +10,11 @@
 //!    root's init reads the file back.
 
 use std::fs;
-use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::Command;
 
-use vireo_nested::{available, busybox, ext4_image, nested_dir, Scenario};
+use vireo_nested::{
+    available, busybox_rootfs, ext4_image, nested_dir, qcow2_from_raw, Scenario, SWITCH_ROOT_TO_VDA,
+};
 
 /// `/sbin/init` of the ext4 root (busybox sh).
 const ROOT_INIT: &str = r#"#!/bin/sh
@@ -66,45 +66,19 @@ echo "SERIALS $(cat /sys/block/vda/serial) $(cat /sys/block/vdb/serial)"
 poweroff -f
 "#;
 
-/// The initramfs: mount the root disk and hand over to its init.
-const INITRAMFS: &str = r#"
-echo "SERIAL-VDA $(cat /sys/block/vda/serial)"
-mkdir -p /newroot
-mount -t ext4 -o rw /dev/vda /newroot || { echo ROOT-MOUNT-FAILED; poweroff -f; }
-umount /proc /sys
-mount --move /dev /newroot/dev
-exec switch_root /newroot /sbin/init
-"#;
-
-fn root_dir(dir: &Path) -> std::path::PathBuf {
-    let root = dir.join("rootfs");
-    let _ = fs::remove_dir_all(&root);
-    for d in ["bin", "sbin", "dev", "proc", "sys", "mnt", "tmp"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::copy(busybox().unwrap(), root.join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "mount", "umount", "cat", "echo", "sync", "poweroff", "dd", "head", "mkdir", "touch",
-        "rm", "awk", "fstrim",
-    ] {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    fs::write(root.join("sbin/init"), ROOT_INIT).unwrap();
-    let mut perms = fs::metadata(root.join("sbin/init")).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    fs::set_permissions(root.join("sbin/init"), perms).unwrap();
-    fs::write(root.join("base.txt"), "from the backing file\n").unwrap();
-    root
+/// The initramfs: report the root disk's serial, then mount it and hand over to its init.
+fn initramfs() -> String {
+    format!("echo \"SERIAL-VDA $(cat /sys/block/vda/serial)\"{SWITCH_ROOT_TO_VDA}")
 }
 
-fn qcow2_from_raw(raw: &Path, out: &Path) {
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(raw)
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(st.success(), "qemu-img convert {}", raw.display());
+fn root_dir(dir: &Path) -> std::path::PathBuf {
+    let applets = [
+        "sh", "mount", "umount", "cat", "echo", "sync", "poweroff", "dd", "head", "mkdir", "touch",
+        "rm", "awk", "fstrim",
+    ];
+    let root = busybox_rootfs(dir, ROOT_INIT, &applets).unwrap();
+    fs::write(root.join("base.txt"), "from the backing file\n").unwrap();
+    root
 }
 
 /// Bytes of an image's guest-visible space that hold data, from `qemu-img map
@@ -132,7 +106,7 @@ fn qcow2_root_ro_disk_and_discard_through_the_guest_driver() {
     fs::create_dir_all(&dir).unwrap();
     let root = root_dir(&dir);
     ext4_image(&root, &dir.join("base.raw"), 32).unwrap();
-    qcow2_from_raw(&dir.join("base.raw"), &dir.join("base.qcow2"));
+    qcow2_from_raw(&dir.join("base.raw"), &dir.join("base.qcow2")).unwrap();
     let ro_root = dir.join("ro-root");
     let _ = fs::remove_dir_all(&ro_root);
     fs::create_dir_all(&ro_root).unwrap();
@@ -141,7 +115,7 @@ fn qcow2_root_ro_disk_and_discard_through_the_guest_driver() {
     let empty = dir.join("empty");
     fs::create_dir_all(&empty).unwrap();
     ext4_image(&empty, &dir.join("trim.raw"), 64).unwrap();
-    qcow2_from_raw(&dir.join("trim.raw"), &dir.join("trim.qcow2"));
+    qcow2_from_raw(&dir.join("trim.raw"), &dir.join("trim.qcow2")).unwrap();
 
     let prelude = "mkdir -p /img\n\
          mount -t tmpfs tmpfs /img\n\
@@ -156,7 +130,7 @@ fn qcow2_root_ro_disk_and_discard_through_the_guest_driver() {
          echo \"VIREO-EXIT2 $?\"\n\
          echo \"CHECK-OVERLAY2 $(qemu-img check /img/overlay.qcow2 2>&1 | tr '\\n' ' ')\"\n";
     let o = Scenario::new(name)
-        .init_script(INITRAMFS)
+        .init_script(&initramfs())
         .l1_tools(&["qemu-img"])
         .l1_file("/in/base.qcow2", &dir.join("base.qcow2"))
         .l1_file("/in/ro.raw", &dir.join("ro.raw"))
